@@ -1,0 +1,1 @@
+"""Framework bindings (installed as `quartet_te.integration`): Megatron-Core in `megatron`."""

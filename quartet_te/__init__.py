@@ -1,0 +1,30 @@
+"""quartet-te: Quartet II NVFP4 training for PyTorch, Transformer Engine and Megatron-Core.
+
+Public surface:
+- recipes: `Quartet2Recipe`, `NVFP4Recipe`, `get_recipe`
+- plain PyTorch: `QuartetLinear`, `quartet_linear`, `convert`
+- numerics: `quartet_te.ops` (kernels or reference), `quartet_te.reference` (the oracle),
+  `NVFP4Tensor`
+Transformer Engine support lives in `quartet_te.te` and Megatron in `quartet_te.integration`;
+both import their framework lazily, so `import quartet_te` needs only torch.
+"""
+from . import ops, reference
+from .linear import QuartetLinear, convert, quartet_linear
+from .recipes import NVFP4Recipe, Quartet2Recipe, get_recipe
+from .rotation import RotationState
+from .tensor import NVFP4Tensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NVFP4Recipe",
+    "NVFP4Tensor",
+    "Quartet2Recipe",
+    "QuartetLinear",
+    "RotationState",
+    "convert",
+    "get_recipe",
+    "ops",
+    "quartet_linear",
+    "reference",
+]

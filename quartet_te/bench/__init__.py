@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m quartet_te.bench.<name>`."""

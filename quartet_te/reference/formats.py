@@ -1,0 +1,99 @@
+"""NVFP4 element and scale formats: E2M1 codes, nibble packing, E4M3 helpers, constants.
+
+Everything here is exact integer/float32 logic; `docs/numerics.md` is the contract the CUDA
+kernels share with this module.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+# E2M1 magnitudes indexed by the 3-bit magnitude code.
+E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+E2M1_MAX = 6.0
+E4M3_MAX = 448.0
+BLOCK = 16
+
+
+def _f32(value: float) -> float:
+    """Round a float64 constant once to float32 (the value every backend uses)."""
+    return float(torch.tensor(value, dtype=torch.float64).to(torch.float32))
+
+
+# Divisors of amax giving the tensor scale (fp8_max * 6 / o) and block-max targets (m / o).
+D_RTN = _f32(448.0 * 6.0)
+D_46 = _f32(256.0 * 6.0)
+O_EDEN = 17.0 / 16.0 * 0.93
+D_EDEN = _f32(255.99 * 6.0 / O_EDEN)
+M6 = 6.0
+M4 = 4.0
+M_EDEN = _f32(6.0 / O_EDEN)
+M_SR = _f32(6.0 * 16.0 / 17.0)
+INV_SQRT = {16: 0.25, 128: _f32(1.0 / math.sqrt(128.0))}
+
+# Midpoints between grid magnitudes; True where a tie rounds up (to the even code).
+_MIDPOINTS = ((0.25, False), (0.75, True), (1.25, False), (1.75, True), (2.5, False), (3.5, True), (5.0, False))
+
+
+def e2m1_grid(device: torch.device | str = "cpu") -> torch.Tensor:
+    """The 8 E2M1 magnitudes as float32."""
+    return torch.tensor(E2M1_GRID, dtype=torch.float32, device=device)
+
+
+def e2m1_round_magnitude(a: torch.Tensor) -> torch.Tensor:
+    """Magnitude code (0..7, int64) of |u| rounded to nearest, ties to even; saturates at 6."""
+    code = torch.zeros(a.shape, dtype=torch.int64, device=a.device)
+    for mid, tie_up in _MIDPOINTS:
+        code += (a >= mid) if tie_up else (a > mid)
+    return code
+
+
+def e2m1_encode(u: torch.Tensor) -> torch.Tensor:
+    """E2M1 codes (uint8, 0..15) of float32 `u` by RTN, sign bit = signbit(u)."""
+    mag = e2m1_round_magnitude(u.abs())
+    return (mag | (torch.signbit(u).to(torch.int64) << 3)).to(torch.uint8)
+
+
+def e2m1_decode(codes: torch.Tensor) -> torch.Tensor:
+    """float32 values of E2M1 codes (uint8, 0..15)."""
+    c = codes.to(torch.int64)
+    mag = e2m1_grid(codes.device)[c & 7]
+    return torch.where((c & 8) != 0, -mag, mag)
+
+
+def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """Pack codes (..., C) two per byte, element 2j in the low nibble: (..., C/2) uint8."""
+    if codes.shape[-1] % 2:
+        raise ValueError(f"cannot pack an odd number of codes along the last dim: {codes.shape[-1]}")
+    c = codes.to(torch.uint8)
+    return c[..., 0::2] | (c[..., 1::2] << 4)
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of `pack_nibbles`: (..., C/2) uint8 -> (..., C) uint8 codes."""
+    lo = packed & 0xF
+    hi = packed >> 4
+    return torch.stack((lo, hi), dim=-1).flatten(-2)
+
+
+def e4m3_rn(x: torch.Tensor) -> torch.Tensor:
+    """Round non-negative float32 to E4M3 (RNE), saturating at 448."""
+    return x.clamp(max=E4M3_MAX).to(torch.float8_e4m3fn)
+
+
+def e4m3_neighbours(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(down, up): the E4M3 values bracketing non-negative float32 `v <= 448`.
+
+    `down` is `v` rounded toward zero; `up` the next E4M3 value, or `down` itself when `v` is
+    exactly representable or `down == 448`. Positive E4M3 codes are ordered like their values,
+    so neighbours are adjacent codes.
+    """
+    code = e4m3_rn(v).view(torch.uint8).to(torch.int16)
+    val = code.to(torch.uint8).view(torch.float8_e4m3fn).float()
+    code = torch.where(val > v, code - 1, code)
+    down = code.to(torch.uint8).view(torch.float8_e4m3fn).float()
+    exact = (down == v) | (code >= 0x7E)
+    up_code = torch.where(exact, code, code + 1)
+    up = up_code.to(torch.uint8).view(torch.float8_e4m3fn).float()
+    return down, up
