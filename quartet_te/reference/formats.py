@@ -34,6 +34,10 @@ INV_SQRT = {16: 0.25, 128: _f32(1.0 / math.sqrt(128.0))}
 
 # Midpoints between grid magnitudes; True where a tie rounds up (to the even code).
 _MIDPOINTS = ((0.25, False), (0.75, True), (1.25, False), (1.75, True), (2.5, False), (3.5, True), (5.0, False))
+# The same rule as strict thresholds: `a >= m` is `a > nextafter(m, 0)` in float32.
+_STRICT_THRESHOLDS = tuple(
+    float(torch.nextafter(torch.tensor(m), torch.tensor(0.0))) if tie_up else m for m, tie_up in _MIDPOINTS
+)
 
 
 def e2m1_grid(device: torch.device | str = "cpu") -> torch.Tensor:
@@ -42,11 +46,12 @@ def e2m1_grid(device: torch.device | str = "cpu") -> torch.Tensor:
 
 
 def e2m1_round_magnitude(a: torch.Tensor) -> torch.Tensor:
-    """Magnitude code (0..7, int64) of |u| rounded to nearest, ties to even; saturates at 6."""
-    code = torch.zeros(a.shape, dtype=torch.int64, device=a.device)
-    for mid, tie_up in _MIDPOINTS:
-        code += (a >= mid) if tie_up else (a > mid)
-    return code
+    """Magnitude code (0..7, int64) of |u| rounded to nearest, ties to even; saturates at 6.
+
+    The code is the number of midpoints passed (`> m`, or `>= m` where the tie goes up).
+    """
+    thresholds = torch.tensor(_STRICT_THRESHOLDS, dtype=torch.float32, device=a.device)
+    return torch.bucketize(a.float(), thresholds, right=False)
 
 
 def e2m1_encode(u: torch.Tensor) -> torch.Tensor:
