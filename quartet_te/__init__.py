@@ -16,7 +16,19 @@ from .tensor import NVFP4Tensor
 
 __version__ = "0.1.0"
 
+
+def autocast(enabled: bool = True, recipe=None, **te_kwargs):
+    """Transformer Engine autocast with the Quartet II recipe by default (imports TE on call).
+
+    See `quartet_te.te.autocast`; raises ImportError naming `transformer_engine` without TE.
+    """
+    from .te import autocast as _autocast
+
+    return _autocast(enabled=enabled, recipe=recipe, **te_kwargs)
+
+
 __all__ = [
+    "autocast",
     "NVFP4Recipe",
     "NVFP4Tensor",
     "Quartet2Recipe",

@@ -44,10 +44,30 @@ def _check_u64(name: str, value: int) -> int:
     return value
 
 
+def _philox_python(n: int, seed: int, offset: int) -> list[int]:
+    """The same words as `random_u32` in plain Python ints: cheaper than tensors for short draws."""
+    out: list[int] = []
+    for g in range((n + 3) // 4):
+        c0, c1, c2, c3 = g & _MASK, g >> 32, offset & _MASK, offset >> 32
+        k0, k1 = seed & _MASK, seed >> 32
+        for r in range(10):
+            p0, p1 = _M0 * c0, _M1 * c2
+            c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & _MASK, (p0 >> 32) ^ c3 ^ k1, p0 & _MASK
+            if r < 9:
+                k0, k1 = (k0 + _W0) & _MASK, (k1 + _W1) & _MASK
+        out += (c0, c1, c2, c3)
+    return out[:n]
+
+
+_SHORT = 512  # draws up to this length (e.g. 128 signs per backward) take the Python path
+
+
 def random_u32(n: int, seed: int, offset: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Random indices 0..n-1 as uint32 values in an int64 tensor of shape (n,)."""
     seed = _check_u64("seed", seed)
     offset = _check_u64("offset", offset)
+    if n <= _SHORT:
+        return torch.tensor(_philox_python(n, seed, offset), dtype=torch.int64).to(device)
     groups = (n + 3) // 4
     g = torch.arange(groups, dtype=torch.int64, device=device)
     counter = (

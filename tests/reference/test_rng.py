@@ -38,3 +38,10 @@ def test_uniform_and_signs_statistics():
     s = rng.random_signs(1 << 16, 11, 1)
     assert set(s.unique().tolist()) == {-1.0, 1.0}
     assert abs(float(s.mean())) < 0.02  # 5 sigma ~ 0.0195
+
+
+def test_short_python_path_equals_tensor_path():
+    seed, offset = (123 << 40) | 77, (9 << 33) | 5
+    long = rng.random_u32(2048, seed, offset)
+    assert torch.equal(rng.random_u32(300, seed, offset), long[:300])
+    assert torch.equal(rng.random_u32(1, seed, offset), long[:1])

@@ -1,0 +1,262 @@
+"""The numerics behind our TE quantizers and `qgemm`, free of any TE import.
+
+TE hands a GEMM two storages; what they carry is one of these operands:
+- `ForwardOperand`: a quantized input x̂ (M×K) or weight Ŵ (N×K), quantized along K. It is what
+  the forward GEMM consumes and what TE saves for the backward (packed FP4 + scales only).
+- `GradOperand`: the gradient e = ∂L/∂y (M×N) in high precision plus this backward call's
+  randomness (one `BackwardDraw` per layer and step); each backward GEMM quantizes its own view
+  of it (e along N for dgrad, eᵀ along M for wgrad) when it runs.
+
+`fprop`, `dgrad` and `wgrad` implement spec §4 (Quartet II) and §5 (NVIDIA's baseline) exactly
+as `quartet_te.linear` does, call for call and stream for stream, so a TE module under our recipe
+and a `QuartetLinear` with the same name and seed produce the same bits. Two differences, both
+exact: a token count M that is not a multiple of 128 and an N that is not a multiple of 128 are
+zero-padded along the rotated inner dimension (zeros change no product) instead of rejected.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import ops
+from ..recipes import NVFP4Recipe, Quartet2Recipe, Recipe
+from ..reference.hadamard import hadamard_unrotate
+from ..rotation import BackwardDraw, Operand, RotationState
+from ..tensor import NVFP4Tensor
+
+ROTATION = 128  # the backward's Hadamard size: rotated inner dims are padded to this
+RHT16 = 16  # NVIDIA's wgrad Hadamard size
+
+
+def round_up(n: int, m: int) -> int:
+    """`n` rounded up to a multiple of `m`."""
+    return (n + m - 1) // m * m
+
+
+def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """`t` with zero rows appended up to `rows`."""
+    if t.shape[0] == rows:
+        return t
+    return torch.cat((t, t.new_zeros(rows - t.shape[0], *t.shape[1:])), 0)
+
+
+def pad_cols(t: torch.Tensor, cols: int) -> torch.Tensor:
+    """`t` with zero columns appended up to `cols`."""
+    if t.shape[1] == cols:
+        return t
+    return torch.cat((t, t.new_zeros(t.shape[0], cols - t.shape[1])), 1)
+
+
+@dataclass
+class ForwardOperand:
+    """A forward GEMM operand quantized along K, and what the backward needs of it.
+
+    Attributes:
+        kind: "input" (x̂, M×K) or "weight" (Ŵ, N×K).
+        rows, cols: logical 2-D shape (M or N, K).
+        device: where the operand lives.
+        fp4: the quantized operand along K (None for an empty tensor, or for a baseline input
+            whose forward GEMM runs in high precision).
+        fwd_signs: Quartet II's fixed forward rotation (128 signs) if on; `fp4` decodes in that
+            rotated basis along K.
+        colwise: baseline only: the input's x̂ᵀ (K×M', RHT-16 + RTN of the high-precision x, as
+            TE's NVFP4 recipe does), or the weight's Ŵᵀ once built.
+        rht_signs: baseline only: the fixed RHT-16 signs used for `colwise` (shared with eᵀ).
+        hp: the high-precision tensor, kept only while a GEMM in `high_precision_gemms` needs it.
+        hp_saved: whether `hp` must survive into the backward (dgrad/wgrad in high precision).
+    """
+
+    kind: str
+    rows: int
+    cols: int
+    device: torch.device
+    fp4: NVFP4Tensor | None = None
+    fwd_signs: torch.Tensor | None = None
+    colwise: NVFP4Tensor | None = None
+    rht_signs: torch.Tensor | None = None
+    hp: torch.Tensor | None = None
+    hp_saved: bool = False
+
+    def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
+        """The values the forward GEMM used (un-rotated), as a (rows, cols) `dtype` tensor."""
+        if self.fp4 is None:
+            if self.hp is not None:
+                return self.hp.to(dtype)
+            if self.rows == 0:
+                return torch.zeros(0, self.cols, dtype=dtype, device=self.device)
+            raise RuntimeError(f"{self.kind} operand holds no data to dequantize")
+        out = self.fp4.dequantize()[: self.rows]
+        if self.fwd_signs is not None:
+            out = hadamard_unrotate(out, self.fwd_signs)
+        return out.to(dtype)
+
+
+@dataclass
+class GradOperand:
+    """∂L/∂y (M×N, high precision) and the randomness of this backward call (None: RTN/BF16)."""
+
+    e: torch.Tensor
+    draw: BackwardDraw | None
+
+
+def _forward_mode(recipe: Quartet2Recipe) -> str:
+    return "four_over_six" if recipe.four_over_six else "rtn"
+
+
+def quantize_input(x: torch.Tensor, recipe: Recipe, fixed: RotationState) -> ForwardOperand:
+    """x̂ for the forward GEMM from the 2-D input `x` (M×K); `fixed` supplies the fixed signs."""
+    rows, cols = x.shape
+    check_dims(recipe, "input", cols)
+    hp_gemms = recipe.high_precision_gemms
+    keep_hp = "fprop" in hp_gemms or "wgrad" in hp_gemms
+    op = ForwardOperand("input", rows, cols, x.device, hp=x if keep_hp else None, hp_saved="wgrad" in hp_gemms)
+    if rows == 0:
+        return op
+    if isinstance(recipe, Quartet2Recipe):
+        op.fwd_signs = fixed.fixed_signs(ROTATION, x.device) if recipe.forward_rotation else None
+        op.fp4 = ops.quantize(x, _forward_mode(recipe), signs=op.fwd_signs)
+        return op
+    if "fprop" not in hp_gemms:
+        op.fp4 = ops.quantize(x, "rtn")
+    if "wgrad" not in hp_gemms:
+        op.rht_signs = fixed.fixed_signs(RHT16, x.device) if recipe.wgrad_rht else None
+        op.colwise = ops.quantize(pad_rows(x, round_up(rows, ROTATION)), "rtn", signs=op.rht_signs, transpose=True)
+    return op
+
+
+def quantize_weight(w: torch.Tensor, recipe: Recipe, fixed: RotationState) -> ForwardOperand:
+    """Ŵ for the forward GEMM from the weight `w` (N×K)."""
+    rows, cols = w.shape
+    check_dims(recipe, "weight", cols)
+    hp_gemms = recipe.high_precision_gemms
+    keep_hp = "fprop" in hp_gemms or "dgrad" in hp_gemms
+    op = ForwardOperand("weight", rows, cols, w.device, hp=w if keep_hp else None, hp_saved="dgrad" in hp_gemms)
+    if rows == 0:
+        return op
+    if isinstance(recipe, Quartet2Recipe):
+        op.fwd_signs = fixed.fixed_signs(ROTATION, w.device) if recipe.forward_rotation else None
+        op.fp4 = ops.quantize(w, _forward_mode(recipe), signs=op.fwd_signs)
+    else:
+        op.fp4 = ops.quantize_2d(w) if recipe.weight_2d else ops.quantize(w, "rtn")
+    return op
+
+
+def make_grad(e: torch.Tensor, recipe: Recipe, rotation: RotationState) -> GradOperand:
+    """Wrap ∂L/∂y and draw this backward call's randomness (advances the layer's step once).
+
+    The 128 signs are drawn on the CPU and copied over: the same bits (integer Philox), without
+    the few hundred tiny kernel launches the reference generator costs on a GPU per draw.
+    """
+    if isinstance(recipe, Quartet2Recipe) and not recipe.backward_quant:
+        return GradOperand(e, None)
+    draw = rotation.next_backward("cpu")
+    if e.device.type != "cpu":
+        draw = BackwardDraw(signs=draw.signs.to(e.device), seed=draw.seed, step=draw.step)
+    return GradOperand(e, draw)
+
+
+def _zeros(rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    return torch.zeros(rows, cols, dtype=torch.float32, device=device)
+
+
+def fprop(
+    x: ForwardOperand, w: ForwardOperand, bias: torch.Tensor | None, recipe: Recipe, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """y = x̂ Ŵᵀ (+ bias in high precision), M×N in `out_dtype`."""
+    if x.cols != w.cols:
+        raise ValueError(f"fprop: K mismatch: input is {x.rows}x{x.cols}, weight is {w.rows}x{w.cols}")
+    if "fprop" in recipe.high_precision_gemms:
+        y = x.hp.float() @ w.hp.float().t()
+    elif x.rows == 0 or w.rows == 0:
+        y = _zeros(x.rows, w.rows, x.device)
+    else:
+        y = ops.gemm(x.fp4, w.fp4, torch.float32)
+    if bias is not None:
+        y = y.add_(bias.float()) if y.dtype == torch.float32 else y + bias.float()
+    return y.to(out_dtype)
+
+
+def _check_pair(what: str, g: GradOperand, other: ForwardOperand, dim: int) -> None:
+    if g.e.dim() != 2 or g.e.shape[dim] != other.rows:
+        raise ValueError(
+            f"{what}: gradient of shape {tuple(g.e.shape)} does not match the saved {other.kind} "
+            f"({other.rows}x{other.cols})"
+        )
+
+
+def dgrad(g: GradOperand, w: ForwardOperand, recipe: Recipe, out_dtype: torch.dtype) -> torch.Tensor:
+    """∂L/∂x = e Ŵ (M×K): Quartet II re-quantizes the saved Ŵ along N with the step's signs."""
+    _check_pair("dgrad", g, w, 1)
+    e = g.e
+    if "dgrad" in recipe.high_precision_gemms:
+        return (e.float() @ w.hp.float()).to(out_dtype)
+    if e.shape[0] == 0 or w.rows == 0:
+        return _zeros(e.shape[0], w.cols, e.device).to(out_dtype)
+    if isinstance(recipe, Quartet2Recipe):
+        d = g.draw
+        if d is None:
+            dx = e.float() @ w.fp4.dequantize()
+        else:
+            n = round_up(w.rows, ROTATION)
+            eq = ops.quantize(
+                pad_cols(e, n), "ms_eden", signs=d.signs, seed=d.seed, offset=d.offset(Operand.GRAD_ROWWISE)
+            )
+            wtq = ops.requantize(w.fp4.pad_rows(n), signs=d.signs, seed=d.seed, offset=d.offset(Operand.WEIGHT_T))
+            dx = ops.gemm(eq, wtq, torch.float32)
+        if w.fwd_signs is not None:
+            dx = hadamard_unrotate(dx, w.fwd_signs)
+        return dx.to(out_dtype)
+    if w.colwise is None:  # Ŵᵀ: exact for 16×16 blocks, else RTN re-quantization along N
+        if w.fp4.mode == "rtn_2d":
+            w.colwise = ops.transpose_2d(w.fp4)
+        else:
+            w.colwise = ops.quantize(w.fp4.dequantize(), "rtn", transpose=True)
+    mode, seed = _grad_mode(recipe, g.draw)
+    eq = ops.quantize(e, mode, seed=seed, offset=g.draw.offset(Operand.GRAD_ROWWISE))
+    return ops.gemm(eq, w.colwise, torch.float32).to(out_dtype)
+
+
+def _grad_mode(recipe: NVFP4Recipe, draw: BackwardDraw) -> tuple[str, int | None]:
+    return ("sr", draw.seed) if recipe.stochastic_rounding else ("rtn", None)
+
+
+def wgrad(g: GradOperand, x: ForwardOperand, recipe: Recipe, out_dtype: torch.dtype) -> torch.Tensor:
+    """∂L/∂W = eᵀ x̂ (N×K): Quartet II re-quantizes the saved x̂ along the tokens M."""
+    _check_pair("wgrad", g, x, 0)
+    e = g.e
+    if "wgrad" in recipe.high_precision_gemms:
+        return (e.float().t() @ x.hp.float()).to(out_dtype)
+    if e.shape[0] == 0:
+        return _zeros(e.shape[1], x.cols, e.device).to(out_dtype)
+    if isinstance(recipe, Quartet2Recipe):
+        d = g.draw
+        if d is None:
+            dw = e.float().t() @ x.fp4.dequantize()
+        else:
+            m = round_up(e.shape[0], ROTATION)
+            etq = ops.quantize(
+                pad_rows(e, m), "ms_eden", signs=d.signs, seed=d.seed,
+                offset=d.offset(Operand.GRAD_COLWISE), transpose=True,
+            )
+            xtq = ops.requantize(x.fp4.pad_rows(m), signs=d.signs, seed=d.seed, offset=d.offset(Operand.INPUT_T))
+            dw = ops.gemm(etq, xtq, torch.float32)
+        if x.fwd_signs is not None:
+            dw = hadamard_unrotate(dw, x.fwd_signs)
+        return dw.to(out_dtype)
+    mode, seed = _grad_mode(recipe, g.draw)
+    etq = ops.quantize(
+        pad_rows(e, x.colwise.shape[1]), mode, signs=x.rht_signs, seed=seed,
+        offset=g.draw.offset(Operand.GRAD_COLWISE), transpose=True,
+    )
+    return ops.gemm(etq, x.colwise, torch.float32).to(out_dtype)
+
+
+def check_dims(recipe: Recipe, kind: str, cols: int) -> None:
+    """Raise ValueError for an inner dim K that the recipe's forward quantizer cannot handle."""
+    k_mult = ROTATION if isinstance(recipe, Quartet2Recipe) and recipe.forward_rotation else 16
+    if cols % k_mult:
+        raise ValueError(
+            f"{recipe.name}: the inner dim K={cols} of the {kind} must be a multiple of {k_mult}; "
+            "keep this module in high precision (skip=...)"
+        )

@@ -1,0 +1,110 @@
+"""Time one `te.TransformerLayer` forward+backward under BF16, TE FP8 and our two recipes.
+
+    python tests/te/bench_te_layer.py --hidden 4096 --ffn 16384 --heads 32 --seq 2048 --batch 1
+
+Prints a Markdown table (median of `--iters` timed iterations after `--warmup`, CUDA events,
+inputs and grads preallocated) and which numerical backend `quartet_te.ops` used (the CUDA
+kernels or the pure-PyTorch reference): the recipe's speed is the backend's speed plus the
+recipe's Python overhead.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+
+def _recipe(name: str):
+    from transformer_engine.common import recipe as te_recipe
+
+    from quartet_te.recipes.factories import QuantizerFactory
+
+    if name == "bf16":
+        return None
+    if name == "fp8_current":
+        return te_recipe.Float8CurrentScaling()
+    if name == "fp8_delayed":
+        return te_recipe.DelayedScaling()
+    return te_recipe.CustomRecipe(qfactory=QuantizerFactory(name))
+
+
+def time_layer(layer, x, g, recipe, warmup: int, iters: int) -> float:
+    import transformer_engine.pytorch as te
+
+    times = []
+    for i in range(warmup + iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        with te.autocast(enabled=recipe is not None, recipe=recipe):
+            y = layer(x)
+        y.backward(g)
+        end.record()
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(start.elapsed_time(end))
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+    return statistics.median(times)
+
+
+def main() -> None:
+    import transformer_engine
+    import transformer_engine.pytorch as te
+
+    from quartet_te import kernels
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hidden", type=int, default=4096)
+    p.add_argument("--ffn", type=int, default=16384)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--recipes", default="bf16,fp8_current,quartet2,nvfp4")
+    p.add_argument("--profile", default="", help="also print the top CUDA kernels of this recipe")
+    args = p.parse_args()
+
+    torch.manual_seed(0)
+    layer = te.TransformerLayer(
+        args.hidden, args.ffn, args.heads, hidden_dropout=0.0, attention_dropout=0.0,
+        self_attn_mask_type="causal", params_dtype=torch.bfloat16, device="cuda", name="bench",
+    )
+    x = torch.randn(args.seq, args.batch, args.hidden, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn_like(x)
+    ok, reason = kernels.is_available(return_reason=True)
+    backend = "CUDA kernels" if ok else f"reference ({reason})"
+    print(f"device: {torch.cuda.get_device_name()}; TE {transformer_engine.__version__}; ops backend: {backend}")
+    shape = f"hidden={args.hidden} ffn={args.ffn} heads={args.heads} seq={args.seq} batch={args.batch}"
+    print(f"te.TransformerLayer {shape}\n")
+    rows = []
+    for name in args.recipes.split(","):
+        ms = time_layer(layer, x, g, _recipe(name), args.warmup, args.iters)
+        rows.append((name, ms))
+    bf16 = dict(rows).get("bf16")
+    print("| recipe | fwd+bwd ms (median) | vs BF16 |")
+    print("|---|---|---|")
+    for name, ms in rows:
+        rel = f"{ms / bf16:.2f}x" if bf16 else "-"
+        print(f"| {name} | {ms:.2f} | {rel} |")
+    if args.profile:
+        profile(layer, x, g, _recipe(args.profile))
+
+
+def profile(layer, x, g, recipe) -> None:
+    """Top CUDA kernels of two fwd+bwd iterations, and GPU-busy vs wall time."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    time_layer(layer, x, g, recipe, 1, 1)
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        wall = time_layer(layer, x, g, recipe, 0, 2)
+    events = prof.key_averages()
+    key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    busy = sum(getattr(e, key) for e in events) / 1e3 / 2
+    print(f"\nprofile: {wall:.2f} ms wall per iteration, {busy:.2f} ms of kernels per iteration")
+    print(events.table(sort_by=key, row_limit=18, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
