@@ -1,0 +1,231 @@
+"""Make our recipes valid `fp4_recipe` values of megatron-core (0.16.1 to 0.20).
+
+megatron-core reads the FP4 recipe in two places that we extend, without editing its files:
+
+1. `TransformerConfig.fp4_recipe` is typed `Optional[Literal['nvfp4', 'custom']]`; Megatron-LM
+   builds the `--fp4-recipe` choices from that type when it creates its parser. We widen the
+   Literal (dataclass field and `__annotations__`) with our names.
+2. `megatron.core.fp4_utils.get_fp4_recipe(config)` maps the name to a Transformer Engine recipe;
+   `get_fp4_context` (used per layer, with `--first-last-layers-bf16` and the amax reduction
+   group) calls it through the module global. We wrap it: our names give a `CustomRecipe`
+   around our quantizer factory, everything else goes to Megatron's own function.
+
+The TE recipe is `quartet_te.te.custom_recipe(recipe)`: one cached `CustomRecipe` per recipe
+around our `QuantizerFactory`, so the per-layer, per-step `get_fp4_context` calls cost nothing
+and TE keeps each module's quantizers (and their rotation state) across steps.
+
+Usage::
+
+    from quartet_te.integration.megatron import register
+    register()                                   # idempotent
+    cfg = TransformerConfig(..., fp4="e2m1", fp4_recipe="quartet2")
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import threading
+import typing
+import warnings
+from typing import Any, Literal, Optional
+
+__all__ = [
+    "MEGATRON_RECIPES",
+    "MIN_MEGATRON_CORE",
+    "TESTED_MEGATRON_CORE",
+    "is_registered",
+    "megatron_core_version",
+    "quartet_recipe",
+    "register",
+    "te_recipe",
+]
+
+# Megatron `fp4_recipe` name -> quartet_te.recipes preset. Megatron's own "nvfp4" means TE's
+# NVFP4BlockScaling (Blackwell only); our reimplementation of it is offered as "nvfp4-sr".
+MEGATRON_RECIPES: dict[str, str] = {
+    "quartet2": "quartet2",
+    "quartet2-rot": "quartet2-rot",
+    "quartet2-no46": "quartet2-no46",
+    "nvfp4-sr": "nvfp4",
+}
+MIN_MEGATRON_CORE = "0.16.1"
+TESTED_MEGATRON_CORE = ("0.16.1", "0.19.2", "0.20.0")  # 0.20: Megatron-LM main, in-tree
+
+_LOCK = threading.Lock()
+_STATE: dict[str, Any] = {"registered": False, "original_get_fp4_recipe": None}
+
+
+def megatron_core_version() -> str:
+    """The installed megatron-core version; ImportError naming the pip line if it is missing."""
+    try:
+        from megatron.core.package_info import __version__
+    except ImportError as exc:
+        raise ImportError(
+            "quartet_te.integration.megatron needs megatron-core >= "
+            f"{MIN_MEGATRON_CORE}: pip install 'megatron-core>={MIN_MEGATRON_CORE}' "
+            "(pin torch in the same command so pip keeps your torch build)"
+        ) from exc
+    return __version__
+
+
+def _check_version(version: str) -> None:
+    from packaging.version import Version
+
+    v = Version(version)
+    if v < Version(MIN_MEGATRON_CORE):
+        raise ImportError(
+            f"megatron-core {version} is too old: fp4_quantizer_factory and the FP4 config fields "
+            f"arrived in {MIN_MEGATRON_CORE}; upgrade with pip install 'megatron-core>={MIN_MEGATRON_CORE}'"
+        )
+    newest = max(Version(t) for t in TESTED_MEGATRON_CORE)
+    if v.release[:2] > newest.release[:2]:
+        warnings.warn(
+            f"megatron-core {version} is newer than the versions quartet_te was tested with "
+            f"({', '.join(TESTED_MEGATRON_CORE)}); registration checks its assumptions and "
+            "raises if one no longer holds",
+            stacklevel=3,
+        )
+
+
+def _recipe_name(value: Any) -> Optional[str]:
+    """`config.fp4_recipe` as a plain string (it may be a str or a `Fp4Recipe` enum member)."""
+    if value is None:
+        return None
+    return str(getattr(value, "value", value))
+
+
+def _widen_literal(annotation: Any, names: tuple[str, ...]) -> Any:
+    """`Optional[Literal[old..., new...]]` from `Optional[Literal[old...]]`."""
+    args = typing.get_args(annotation)
+    literal = next((a for a in args if typing.get_origin(a) is Literal), None)
+    if literal is None and typing.get_origin(annotation) is Literal:
+        literal = annotation
+    if literal is None:
+        raise RuntimeError(
+            f"TransformerConfig.fp4_recipe has type {annotation!r}, not Optional[Literal[...]]; "
+            "this megatron-core version changed how FP4 recipes are declared"
+        )
+    old = list(typing.get_args(literal))
+    new = tuple(old + [n for n in names if n not in old])
+    return Optional[Literal[new]]  # type: ignore[valid-type]
+
+
+def _widen_config_field(names: tuple[str, ...]) -> None:
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    fields = getattr(TransformerConfig, "__dataclass_fields__", {})
+    if "fp4_recipe" not in fields:
+        raise RuntimeError(
+            "TransformerConfig has no fp4_recipe field; megatron-core >= "
+            f"{MIN_MEGATRON_CORE} is required"
+        )
+    fld = fields["fp4_recipe"]
+    fld.type = _widen_literal(fld.type, names)
+    for cls in TransformerConfig.__mro__:
+        ann = cls.__dict__.get("__annotations__", {})
+        if "fp4_recipe" in ann:
+            ann["fp4_recipe"] = _widen_literal(ann["fp4_recipe"], names)
+
+
+def quartet_recipe(config: Any) -> Any:
+    """The quartet_te recipe object selected by `config` (a TransformerConfig), or None.
+
+    None when FP4 is off or `config.fp4_recipe` is not one of ours (e.g. Megatron's `nvfp4`).
+    """
+    if not getattr(config, "fp4", None):
+        return None
+    name = _recipe_name(getattr(config, "fp4_recipe", None))
+    if name not in MEGATRON_RECIPES:
+        return None
+    return get_recipe_for(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _custom_recipe_from_path(factory_path: str) -> Any:
+    import transformer_engine.common.recipe as te_recipe_module
+
+    module_path, _, attr = factory_path.rpartition(".")
+    try:
+        factory = getattr(importlib.import_module(module_path), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ImportError(f"fp4_quantizer_factory {factory_path!r} could not be imported: {exc}") from exc
+    if not callable(factory):
+        raise ValueError(f"fp4_quantizer_factory {factory_path!r} is not callable")
+    return te_recipe_module.CustomRecipe(qfactory=factory)
+
+
+def te_recipe(config: Any) -> Any:
+    """The Transformer Engine recipe for one of our names (cached: the same object every call).
+
+    `config.fp4_quantizer_factory`, when set, replaces our factory (a dotted path, as for
+    Megatron's `custom`), e.g. to keep extra layers in high precision.
+    """
+    name = _recipe_name(config.fp4_recipe)
+    if name not in MEGATRON_RECIPES:
+        raise ValueError(f"fp4_recipe {name!r} is not a quartet_te recipe; ours: {sorted(MEGATRON_RECIPES)}")
+    path = getattr(config, "fp4_quantizer_factory", None)
+    if path:
+        return _custom_recipe_from_path(path)
+    from quartet_te.te import custom_recipe
+
+    return custom_recipe(get_recipe_for(name))
+
+
+def get_recipe_for(name: str) -> Any:
+    """The quartet_te recipe object for a Megatron `fp4_recipe` name of ours."""
+    from quartet_te.recipes import get_recipe
+
+    return get_recipe(MEGATRON_RECIPES[name])
+
+
+def _have_te() -> bool:
+    from megatron.core import fp4_utils
+
+    return bool(getattr(fp4_utils, "HAVE_TE", False))
+
+
+def _make_get_fp4_recipe(original):
+    @functools.wraps(original)
+    def get_fp4_recipe(config):
+        """Megatron's get_fp4_recipe, extended by quartet_te with its recipe names."""
+        if _recipe_name(getattr(config, "fp4_recipe", None)) in MEGATRON_RECIPES:
+            if _have_te():
+                return te_recipe(config)
+            return quartet_recipe(config)  # no TE: the local layers run it (local_linear.py)
+        return original(config)
+
+    get_fp4_recipe.__quartet_te__ = True  # type: ignore[attr-defined]
+    return get_fp4_recipe
+
+
+def is_registered() -> bool:
+    """True once `register()` has run in this process."""
+    return bool(_STATE["registered"])
+
+
+def register() -> None:
+    """Register our recipe names with megatron-core (idempotent, thread-safe, version-checked).
+
+    After it, `TransformerConfig(fp4="e2m1", fp4_recipe="quartet2")` validates, Megatron-LM
+    parsers built afterwards accept `--fp4-recipe quartet2`, and `fp4_utils.get_fp4_recipe`
+    (hence `get_fp4_context`, the TE layers' autocast) returns our recipe. Names: see
+    `MEGATRON_RECIPES`. Raises ImportError if megatron-core is missing or older than 0.16.1.
+    """
+    with _LOCK:
+        if _STATE["registered"]:
+            return
+        _check_version(megatron_core_version())
+        from megatron.core import fp4_utils
+
+        if not hasattr(fp4_utils, "get_fp4_recipe") or not hasattr(fp4_utils, "get_fp4_context"):
+            raise RuntimeError(
+                "megatron.core.fp4_utils lacks get_fp4_recipe/get_fp4_context; this megatron-core "
+                "version is not supported by quartet_te"
+            )
+        names = tuple(MEGATRON_RECIPES)
+        _widen_config_field(names)
+        original = fp4_utils.get_fp4_recipe
+        if not getattr(original, "__quartet_te__", False):
+            _STATE["original_get_fp4_recipe"] = original
+            fp4_utils.get_fp4_recipe = _make_get_fp4_recipe(original)
+        _STATE["registered"] = True

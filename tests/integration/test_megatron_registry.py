@@ -1,0 +1,138 @@
+"""Registration of our recipe names with megatron-core, the Megatron-LM argument hook, the launcher.
+
+Runs on the CPU without Transformer Engine (megatron-core >= 0.16.1 must be installed).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import textwrap
+import typing
+import warnings
+
+import pytest
+
+pytest.importorskip("megatron.core", reason="needs megatron-core (pip install megatron-core==0.16.1)")
+
+from megatron.core import fp4_utils  # noqa: E402
+from megatron.core.transformer import TransformerConfig  # noqa: E402
+
+from quartet_te.integration.megatron import MEGATRON_RECIPES, add_quartet_args, register  # noqa: E402
+from quartet_te.integration.megatron import registry  # noqa: E402
+from quartet_te.recipes import NVFP4Recipe, Quartet2Recipe, get_recipe  # noqa: E402
+
+_SMALL = dict(num_layers=2, hidden_size=128, num_attention_heads=4)
+
+
+def _fp4_choices() -> tuple[str, ...]:
+    """The choices Megatron-LM's ArgumentGroupFactory derives for --fp4-recipe (Optional[Literal])."""
+    ftype = {f.name: f.type for f in dataclasses.fields(TransformerConfig)}["fp4_recipe"]
+    inner = typing.get_args(ftype)[0]  # Optional[X] -> X
+    assert typing.get_origin(inner) is typing.Literal
+    return typing.get_args(inner)
+
+
+def test_register_is_idempotent_and_keeps_megatron_names():
+    register()
+    wrapped = fp4_utils.get_fp4_recipe
+    register()
+    assert fp4_utils.get_fp4_recipe is wrapped, "a second register() must not wrap again"
+    assert wrapped.__wrapped__ is registry._STATE["original_get_fp4_recipe"]
+    choices = _fp4_choices()
+    assert {"nvfp4", "custom"} <= set(choices)
+    assert set(MEGATRON_RECIPES) <= set(choices)
+    assert len(choices) == len(set(choices)), "names were added twice"
+    field_type = {f.name: f.type for f in dataclasses.fields(TransformerConfig)}["fp4_recipe"]
+    assert typing.get_type_hints(TransformerConfig)["fp4_recipe"] == field_type
+
+
+@pytest.mark.parametrize("name", sorted(MEGATRON_RECIPES))
+def test_config_validates_and_get_fp4_recipe_returns_ours(name):
+    register()
+    cfg = TransformerConfig(**_SMALL, fp4="e2m1", fp4_recipe=name)
+    recipe = fp4_utils.get_fp4_recipe(cfg)
+    # Without TE the local layers run it: get_fp4_recipe returns our recipe object.
+    assert recipe == get_recipe(MEGATRON_RECIPES[name])
+    assert isinstance(recipe, Quartet2Recipe if name.startswith("quartet2") else NVFP4Recipe)
+
+
+def test_megatron_names_still_reach_megatron():
+    register()
+    cfg = TransformerConfig(**_SMALL, fp4="e2m1", fp4_recipe="nvfp4")
+    assert fp4_utils.get_fp4_recipe(cfg) is registry._STATE["original_get_fp4_recipe"](cfg)
+    with pytest.raises(ValueError, match="fp4_quantizer_factory must be provided"):
+        TransformerConfig(**_SMALL, fp4="e2m1", fp4_recipe="custom")
+
+
+def test_megatron_lm_style_parser_accepts_quartet2():
+    register()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fp4-recipe", type=str, choices=_fp4_choices(), default="nvfp4")
+    assert parser.parse_args(["--fp4-recipe", "quartet2"]).fp4_recipe == "quartet2"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--fp4-recipe", "quartet3"])
+
+
+def test_extra_args_provider_widens_an_existing_parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fp4-recipe", type=str, choices=("nvfp4", "custom"), default="nvfp4")
+    assert add_quartet_args(parser) is parser
+    assert parser.parse_args(["--fp4-recipe", "nvfp4-sr"]).fp4_recipe == "nvfp4-sr"
+    assert parser.parse_args(["--fp4-recipe", "custom"]).fp4_recipe == "custom"
+
+
+def test_version_check():
+    with pytest.raises(ImportError, match=r"0\.16\.1"):
+        registry._check_version("0.15.3")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        registry._check_version("0.19.2")
+        assert not caught
+        registry._check_version("0.99.0")
+        assert any("newer than the versions" in str(w.message) for w in caught)
+
+
+def test_te_recipe_without_te_names_the_problem():
+    cfg = TransformerConfig(**_SMALL, fp4="e2m1", fp4_recipe="nvfp4")
+    with pytest.raises(ValueError, match="not a quartet_te recipe"):
+        registry.te_recipe(cfg)
+
+
+def test_launcher_registers_then_runs_the_script(tmp_path, monkeypatch):
+    from quartet_te.integration.megatron import launch
+
+    (tmp_path / "helper_mod.py").write_text("VALUE = 42\n")
+    script = tmp_path / "train_script.py"
+    out = tmp_path / "out.txt"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        import helper_mod  # the script's folder is on sys.path, as for pretrain_gpt.py
+        from quartet_te.integration.megatron import is_registered
+        assert __name__ == "__main__"
+        open({str(out)!r}, "w").write(f"{{is_registered()}} {{helper_mod.VALUE}} {{sys.argv[1:]}}")
+    """))
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    launch.main([str(script), "--fp4-recipe", "quartet2"])
+    assert out.read_text() == "True 42 ['--fp4-recipe', 'quartet2']"
+
+
+def test_launcher_names_the_layers_of_megatron_lm_models(monkeypatch):
+    """`wrap_get_model` makes Megatron-LM's get_model name every layer of the chunks it returns."""
+    import types
+
+    from quartet_te.integration.megatron import launch, layers
+
+    named = []
+    monkeypatch.setattr(layers, "name_layers", lambda chunk: named.append(chunk) or 0)
+    training = types.ModuleType("megatron.training.training")
+    training.get_model = lambda *a, **k: ["chunk0", "chunk1"]
+    package = types.ModuleType("megatron.training")
+    package.training = training
+    monkeypatch.setitem(sys.modules, "megatron.training", package)
+    monkeypatch.setitem(sys.modules, "megatron.training.training", training)
+    assert launch.wrap_get_model()
+    assert launch.wrap_get_model()  # idempotent
+    assert training.get_model("provider") == ["chunk0", "chunk1"]
+    assert named == ["chunk0", "chunk1"]
