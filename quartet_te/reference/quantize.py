@@ -22,6 +22,12 @@ _RANDOM_MODES = ("sr", "ms_eden")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def true_div(t: torch.Tensor, c: float) -> torch.Tensor:
+    """`t / c` correctly rounded on every device (CUDA turns division by a Python scalar into a
+    multiplication by its reciprocal, one ulp off for some inputs)."""
+    return t / torch.tensor(c, dtype=torch.float32, device=t.device)
+
+
 def tree_sum(t: torch.Tensor) -> torch.Tensor:
     """Pairwise sum of adjacent elements over the last dim (a power of two), in float32."""
     while t.shape[-1] > 1:
@@ -32,7 +38,7 @@ def tree_sum(t: torch.Tensor) -> torch.Tensor:
 def tensor_scale(amax: torch.Tensor, divisor: float) -> torch.Tensor:
     """`amax / divisor`; 1 for a zero (or underflowing) result; NaN for non-finite amax."""
     amax = amax.to(torch.float32).reshape(())
-    s = amax / divisor
+    s = true_div(amax, divisor)
     s = torch.where((amax == 0) | (s == 0), torch.ones_like(s), s)
     return torch.where(torch.isfinite(amax), s, torch.full_like(s, float("nan")))
 
@@ -40,7 +46,7 @@ def tensor_scale(amax: torch.Tensor, divisor: float) -> torch.Tensor:
 def block_scales(xs: torch.Tensor, target: float) -> torch.Tensor:
     """E4M3 block scales (rows, cols/16) mapping each block's max |xs| to `target`; 0 → 1."""
     a_b = xs.abs().reshape(xs.shape[0], -1, F.BLOCK).amax(-1)
-    s_b = F.e4m3_rn(a_b / target)
+    s_b = F.e4m3_rn(true_div(a_b, target))
     one = torch.ones((), dtype=torch.float8_e4m3fn, device=xs.device)
     return torch.where(s_b.float() == 0, one, s_b)
 
@@ -201,7 +207,7 @@ def quantize_2d(w: torch.Tensor) -> NVFP4Tensor:
     xs = wf / s_t
     rows, cols = xs.shape
     tiles = xs.abs().reshape(rows // 16, 16, cols // 16, 16).amax(dim=(1, 3))
-    s_tile = F.e4m3_rn(tiles / F.M6)
+    s_tile = F.e4m3_rn(true_div(tiles, F.M6))
     s_tile = torch.where(s_tile.float() == 0, torch.ones_like(s_tile), s_tile)
     s_b = s_tile.repeat_interleave(16, dim=0)
     codes = F.e2m1_encode(_scaled(xs, s_b))

@@ -1,0 +1,163 @@
+// Device helpers shared by the quartet-te kernels: the NVFP4 format and Philox4x32-10. Free of torch headers so that nvcc can compile-check every .cu
+// file on a machine without a CUDA build of torch (tests/csrc/test_compile.py).
+//
+// Every arithmetic step follows docs/numerics.md: IEEE float32, round-to-nearest-even, no FMA
+// contraction (explicit __fmul_rn / __fadd_rn / __fsub_rn / __fdiv_rn), no flush-to-zero.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include "quartet.h"
+
+namespace quartet {
+
+// ---------------------------------------------------------------------------------------------
+// Philox4x32-10 (Random123 constants), keyed by the 64-bit seed, counter (n/4, offset).
+// ---------------------------------------------------------------------------------------------
+struct U4 {
+  uint32_t x, y, z, w;
+};
+
+__device__ __forceinline__ U4 philox4x32_10(U4 ctr, uint32_t k0, uint32_t k1) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+#pragma unroll
+  for (int round = 0; round < 10; ++round) {
+    if (round > 0) {
+      k0 += kW0;
+      k1 += kW1;
+    }
+    const uint32_t hi0 = __umulhi(kM0, ctr.x), lo0 = kM0 * ctr.x;
+    const uint32_t hi1 = __umulhi(kM1, ctr.z), lo1 = kM1 * ctr.z;
+    ctr = U4{hi1 ^ ctr.y ^ k0, lo1, hi0 ^ ctr.w ^ k1, lo0};
+  }
+  return ctr;
+}
+
+// The four words for random indices 4q .. 4q+3.
+__device__ __forceinline__ U4 philox_block(uint64_t seed, uint64_t offset, uint64_t q) {
+  return philox4x32_10(U4{uint32_t(q), uint32_t(q >> 32), uint32_t(offset), uint32_t(offset >> 32)},
+                       uint32_t(seed), uint32_t(seed >> 32));
+}
+
+__device__ __forceinline__ uint32_t philox_word(uint64_t seed, uint64_t offset, uint64_t n) {
+  const U4 r = philox_block(seed, offset, n >> 2);
+  switch (n & 3) {
+    case 0: return r.x;
+    case 1: return r.y;
+    case 2: return r.z;
+    default: return r.w;
+  }
+}
+
+// f = (r >> 8) * 2^-24, exact.
+__device__ __forceinline__ float uniform24(uint32_t r) { return __fmul_rn(float(r >> 8), 5.9604644775390625e-08f); }
+
+// ---------------------------------------------------------------------------------------------
+// E2M1 and E4M3
+// ---------------------------------------------------------------------------------------------
+// Kept for SR (lo / hi grid magnitudes): 0, .5, 1, 1.5, 2, 3, 4, 6 without a local-memory table.
+__device__ __forceinline__ float e2m1_mag(int idx) {
+  const float lin = 0.5f * float(idx);                 // exact for idx <= 4 (0..2)
+  return idx <= 4 ? lin : (idx == 5 ? 3.f : (idx == 6 ? 4.f : 6.f));
+}
+
+// The kernels are bound by the ALU pipe (compares, selects, logic; ncu on the H100): the E2M1
+// helpers below do their work on the FMA pipe instead. Adding M = 1.5 * 2^23 in
+// round-to-nearest-even leaves rint(t) (ties to even) in the low mantissa bits of t + M.
+
+// RTN to E2M1 (ties to even) -> 4-bit code. Same result as counting the midpoints passed
+// (> .25, >= .75, > 1.25, >= 1.75, > 2.5, >= 3.5, > 5): the code is rint(2m) below 2,
+// rint(m) + 2 up to 4, rint(m/2) + 4 above, and the smallest of the three (each biased by M, so
+// float order is integer order) is always the right one; m saturates at 6.
+__device__ __forceinline__ uint32_t e2m1_rn(float u) {
+  const float m = fminf(fabsf(u), 6.f);
+  const float a = __fmaf_rn(m, 2.f, 12582912.f);   // M + rint(2m)      (2m exact: one rounding)
+  const float b = __fadd_rn(m, 12582914.f);        // M + 2 + rint(m)
+  const float c = __fmaf_rn(m, 0.5f, 12582916.f);  // M + 4 + rint(m/2) (m/2 exact inside the FMA)
+  const uint32_t idx = __float_as_uint(fminf(a, fminf(b, c))) & 7u;
+  return idx | ((__float_as_uint(u) >> 28) & 8u);
+}
+
+// Value of an E2M1 code: magnitude max(i/2, i - 2, 3i - 15) for i = code & 7 (exact small
+// integers), sign from bit 3 (code 8 decodes to -0).
+__device__ __forceinline__ float e2m1_decode(uint32_t code) {
+  const float i = __fsub_rn(__uint_as_float((code & 7u) | 0x4B400000u), 12582912.f);
+  const float mag = fmaxf(fmaxf(__fmul_rn(i, 0.5f), __fsub_rn(i, 2.f)), __fmaf_rn(i, 3.f, -15.f));
+  return __uint_as_float(__float_as_uint(mag) | ((code & 8u) << 28));
+}
+
+__device__ __forceinline__ uint8_t e4m3_rn_bits(float v) {
+  return uint8_t(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
+}
+
+__device__ __forceinline__ float e4m3_to_float(uint8_t bits) {
+  const __half_raw h = __nv_cvt_fp8_to_halfraw(__nv_fp8_storage_t(bits), __NV_E4M3);
+  return __half2float(__half(h));
+}
+
+// a / b, correctly rounded (bit-identical to __fdiv_rn(a, b)), from y = __frcp_rn(b) computed
+// once per divisor, for b in [2^-30, 2^30]. q0 = a*y is within 1.5 ulp; one remainder step makes
+// it faithful; Markstein's theorem (y = RN(1/b), q faithful, remainder a - b*q exact by FMA)
+// makes the second step round correctly. The FMAs compute exact remainders: this is division,
+// not contraction. |a| in [2^-60, 2^90) keeps quotient and remainders normal; zeros keep their
+// sign through q0; anything else (tiny, huge, inf, NaN) takes the IEEE division.
+__device__ __forceinline__ float div_rn(float a, float b, float y) {
+  const float q0 = __fmul_rn(a, y);
+  const unsigned e = (__float_as_uint(a) >> 23) & 0xffu;
+  if (e - 67u < 150u) {
+    const float q1 = __fmaf_rn(__fmaf_rn(-q0, b, a), y, q0);
+    return __fmaf_rn(__fmaf_rn(-q1, b, a), y, q1);
+  }
+  return a == 0.f ? q0 : __fdiv_rn(a, b);
+}
+
+__device__ __forceinline__ bool recip_ok(float b) { return b >= 0x1p-30f && b <= 0x1p30f; }
+
+// q[k] = a[k] / b for a group of 8 (bit-identical to __fdiv_rn): div_rn's fast path on all 8,
+// then one branch for the whole group to the IEEE division if any nonzero |a| is outside
+// [2^-60, 2^90) or the divisor is out of range (rare: tiny, huge or non-finite values). Zeros
+// take the fast path and get a's sign back (the remainder steps turn -0 into +0). The range
+// test is a min / max over the bit patterns: few ALU-pipe operations (the bound of these kernels).
+__device__ __forceinline__ void div8(const float (&a)[8], float b, float y, bool b_ok, float (&q)[8]) {
+  unsigned lo = 0xffffffffu, hi = 0u;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    const float q0 = __fmul_rn(a[k], y);
+    const float q1 = __fmaf_rn(__fmaf_rn(-q0, b, a[k]), y, q0);
+    const float q2 = __fmaf_rn(__fmaf_rn(-q1, b, a[k]), y, q1);
+    const unsigned bits = __float_as_uint(a[k]), mag = bits & 0x7fffffffu;
+    lo = min(lo, mag - 1u);  // zero wraps to 0xffffffff: ignored
+    hi = max(hi, mag);
+    q[k] = __uint_as_float(__float_as_uint(q2) | (bits & 0x80000000u));
+  }
+  if (!(b_ok && lo >= 0x21800000u - 1u && hi < 0x6C800000u)) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) q[k] = __fdiv_rn(a[k], b);
+  }
+}
+
+// Tensor scale s_t = amax / D, with the edge cases of docs/numerics.md.
+__device__ __forceinline__ float tensor_scale(float amax, float D) {
+  if (!isfinite(amax)) return __int_as_float(0x7fc00000);
+  const float st = __fdiv_rn(amax, D);
+  return (amax == 0.f || st == 0.f) ? 1.f : st;
+}
+
+// Block scale s_b = e4m3_rn(min(a_b / M, 448)); zero -> 1. Returns the bits.
+__device__ __forceinline__ uint8_t block_scale_bits(float ab, float M) {
+  const float q = __fdiv_rn(ab, M);
+  const float v = q > 448.f ? 448.f : q;  // clamp keeping NaN, like the reference
+  const uint8_t b = e4m3_rn_bits(v);
+  return (b & 0x7f) == 0 ? uint8_t(0x38) /* 1.0 */ : b;
+}
+
+// Order-preserving key for atomicMax over |x| (NaN sorts above +inf).
+__device__ __forceinline__ unsigned amax_key(float a) { return __float_as_uint(fabsf(a)); }
+
+}  // namespace quartet

@@ -1,0 +1,754 @@
+// NVFP4 quantization kernels: RTN, Four over Six, element SR, RHT-16/128 + MS-EDEN, the
+// transposed (column-wise) outputs, re-quantization of saved FP4, 16x16 weight blocks and
+// dequantization. Every operation follows docs/numerics.md bit for bit.
+//
+// Thread layout, shared by all kernels: a thread owns a "group" of 8 consecutive elements along
+// the quantized dim. Two adjacent lanes form a 16-block (reductions by shfl_xor 1); sixteen
+// adjacent lanes form a 128-chunk (rotation stages h = 8..64 and the EDEN sums by shfl_xor
+// 1, 2, 4, 8), so lane bits 0..3 are always the group's position inside its 128-chunk.
+//
+// Two quantize kernels:
+//  - row_kernel: x (R, C) along C, a flat grid-stride loop over groups (16-byte loads, no smem);
+//  - tile_kernel: a 128x128 tile of x through shared memory, producing the column-wise output
+//    (x^T along R), optionally the row-wise output from the same read; its input may be packed
+//    FP4 (decode -> transpose -> rotate -> MS-EDEN: the backward's re-quantization).
+// Each has an AMAX instantiation that computes max |x| (raw and/or rotated) for the tensor scale
+// when the caller gives none; the quantize pass then reads it from device memory (no host sync).
+#include <algorithm>
+
+#include "common.cuh"
+
+namespace quartet {
+namespace {
+
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kThreads = 256;
+constexpr int kTile = 128;  // tile_kernel: 128 rows (x 128 or 64 cols) of x
+
+// ------------------------------------------------------------------------------------------
+// Loading 8 consecutive elements as float32 (exact conversions).
+// ------------------------------------------------------------------------------------------
+template <int KIND>
+struct Vec {
+  uint4 a;  // 8 x 16-bit
+};
+template <>
+struct Vec<kF32> {
+  float4 a, b;
+};
+template <>
+struct Vec<kNVFP4> {
+  uint32_t codes;
+  uint32_t scale;
+};
+
+template <int KIND>
+__device__ __forceinline__ Vec<KIND> vzero() {
+  Vec<KIND> v;
+  memset(&v, 0, sizeof(v));
+  return v;
+}
+
+// `e` is the element index (multiple of 8) in the row-major (R, C) input; `C` its row length.
+template <int KIND>
+__device__ __forceinline__ Vec<KIND> vload(const void* x, const uint8_t* xs, int64_t e, int64_t C) {
+  Vec<KIND> v;
+  if constexpr (KIND == kF32) {
+    const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(x) + e);
+    v.a = __ldg(p);
+    v.b = __ldg(p + 1);
+  } else if constexpr (KIND == kNVFP4) {
+    v.codes = __ldg(reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(x) + e / 2));
+    v.scale = __ldg(xs + e / 16);
+  } else {
+    v.a = __ldg(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(x) + e));
+  }
+  return v;
+}
+
+__device__ __forceinline__ float bf16_bits_to_float(uint32_t b) { return __uint_as_float(b << 16); }
+
+template <int KIND>
+__device__ __forceinline__ void vconvert(const Vec<KIND>& r, float st, float (&v)[8]) {
+  if constexpr (KIND == kF32) {
+    v[0] = r.a.x, v[1] = r.a.y, v[2] = r.a.z, v[3] = r.a.w;
+    v[4] = r.b.x, v[5] = r.b.y, v[6] = r.b.z, v[7] = r.b.w;
+  } else if constexpr (KIND == kNVFP4) {
+    // (decode(code) * s_b) * s_t, left to right.
+    const float sb = e4m3_to_float(uint8_t(r.scale));
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = __fmul_rn(__fmul_rn(e2m1_decode((r.codes >> (4 * k)) & 0xfu), sb), st);
+  } else {
+    const uint32_t w[4] = {r.a.x, r.a.y, r.a.z, r.a.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      if constexpr (KIND == kBF16) {
+        v[2 * k] = bf16_bits_to_float(w[k] & 0xffffu);
+        v[2 * k + 1] = bf16_bits_to_float(w[k] >> 16);
+      } else {
+        __half_raw lo, hi;
+        lo.x = uint16_t(w[k] & 0xffffu);
+        hi.x = uint16_t(w[k] >> 16);
+        v[2 * k] = __half2float(__half(lo));
+        v[2 * k + 1] = __half2float(__half(hi));
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Rotation: signs, then the butterfly stages h = 1, 2, 4 (in-thread), 8, 16, 32, 64 (lanes),
+// then one multiply by 1/sqrt(n).
+// ------------------------------------------------------------------------------------------
+// The 8 signs of this lane's group: its position in the chunk is lane-constant in every loop
+// below (strides are multiples of 16 groups), so they are loaded once per kernel.
+struct Signs {
+  float s[8];
+};
+
+__device__ __forceinline__ Signs load_signs(const QuantParams& p, uint32_t lane) {
+  Signs g;
+  const int pos0 = p.rot_n ? int(lane & uint32_t(p.rot_n / 8 - 1)) * 8 : 0;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) g.s[k] = p.rot_n ? __ldg(p.signs + pos0 + k) : 1.f;
+  return g;
+}
+
+__device__ __forceinline__ void rotate8(float (&v)[8], const QuantParams& p, const Signs& sg, uint32_t lane) {
+  if (p.rot_n == 0) return;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) v[k] = __fmul_rn(v[k], sg.s[k]);
+#pragma unroll
+  for (int h = 1; h < 8; h *= 2) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      if (i & h) continue;
+      const float a = v[i], b = v[i + h];
+      v[i] = __fadd_rn(a, b);
+      v[i + h] = __fsub_rn(a, b);
+    }
+  }
+  // Across lanes: the lower lane of a pair computes a + b, the upper b' = a - b, both as
+  // fma(mine, +-1, other): mine * +-1 is exact, so this is one rounding of the same sum, with
+  // no select (the kernels are bound by the ALU pipe).
+  for (int m = 1; m < p.rot_n / 8; m *= 2) {
+    const float sgn = (lane & uint32_t(m)) ? -1.f : 1.f;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = __fmaf_rn(v[k], sgn, __shfl_xor_sync(kFull, v[k], m));
+  }
+#pragma unroll
+  for (int k = 0; k < 8; ++k) v[k] = __fmul_rn(v[k], p.rot_scale);
+}
+
+// Pairwise tree of adjacent elements.
+__device__ __forceinline__ float tree8(const float (&t)[8]) {
+  const float a0 = __fadd_rn(t[0], t[1]), a1 = __fadd_rn(t[2], t[3]);
+  const float a2 = __fadd_rn(t[4], t[5]), a3 = __fadd_rn(t[6], t[7]);
+  return __fadd_rn(__fadd_rn(a0, a1), __fadd_rn(a2, a3));
+}
+
+__device__ __forceinline__ float max8abs(const float (&v)[8]) {
+  float m = 0.f;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) m = fmaxf(m, fabsf(v[k]));
+  return m;
+}
+
+// max |v| as the order-preserving bit pattern of |v| (NaN sorts above +inf, so a NaN anywhere
+// gives a NaN amax, hence a NaN tensor scale, like the reference's amax).
+__device__ __forceinline__ unsigned amax8_key(const float (&v)[8]) {
+  unsigned m = 0;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) m = max(m, amax_key(v[k]));
+  return m;
+}
+
+__device__ __forceinline__ void warp_atomic_max(unsigned* acc, unsigned m) {
+  if (acc == nullptr) return;
+#pragma unroll
+  for (int s = 16; s > 0; s /= 2) m = max(m, __shfl_xor_sync(kFull, m, s));
+  if ((threadIdx.x & 31) == 0) atomicMax(acc, m);
+}
+
+// Where a group's codes and its block scale go: group `g` (linear index, in units of 8 elements)
+// of a row-major quantized matrix. Its codes are the 4 bytes at 4g, its block scale is number
+// g/2, its elements have random indices 8g .. 8g+7 (sr) and its block random index g/2 (ms_eden).
+struct GroupOut {
+  uint8_t* data;
+  uint8_t* scales;
+  uint64_t g;
+  bool active;
+};
+
+// Quantizes the (already rotated) group `v` with tensor scale `st`; all 32 lanes must call it.
+__device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantParams& p, float st, uint32_t lane,
+                                               const GroupOut& o) {
+  float xs[8];
+  const float yst = __frcp_rn(st);
+  const bool st_ok = recip_ok(st);
+  div8(v, st, yst, st_ok, xs);
+  float ab = max8abs(xs);
+  ab = fmaxf(ab, __shfl_xor_sync(kFull, ab, 1));
+
+  uint32_t codes = 0;
+  uint8_t sb;
+  if (p.mode == kFourOverSix) {
+    const uint8_t s6 = block_scale_bits(ab, p.M), s4 = block_scale_bits(ab, p.M4);
+    const float f6 = e4m3_to_float(s6), f4 = e4m3_to_float(s4);
+    const float y6 = __frcp_rn(f6), y4 = __frcp_rn(f4);  // E4M3 values: always in recip_ok's range
+    uint32_t c6 = 0, c4 = 0;
+    float e6[8], e4[8], u6[8], u4[8];
+    div8(xs, f6, y6, true, u6);
+    div8(xs, f4, y4, true, u4);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const uint32_t q6 = e2m1_rn(u6[k]), q4 = e2m1_rn(u4[k]);
+      c6 |= q6 << (4 * k);
+      c4 |= q4 << (4 * k);
+      const float d6 = __fsub_rn(xs[k], __fmul_rn(e2m1_decode(q6), f6));
+      const float d4 = __fsub_rn(xs[k], __fmul_rn(e2m1_decode(q4), f4));
+      e6[k] = __fmul_rn(d6, d6);
+      e4[k] = __fmul_rn(d4, d4);
+    }
+    float E6 = tree8(e6), E4 = tree8(e4);
+    E6 = __fadd_rn(E6, __shfl_xor_sync(kFull, E6, 1));
+    E4 = __fadd_rn(E4, __shfl_xor_sync(kFull, E4, 1));
+    const bool pick4 = E4 < E6;
+    codes = pick4 ? c4 : c6;
+    sb = pick4 ? s4 : s6;
+  } else if (p.mode == kSR) {
+    sb = block_scale_bits(ab, p.M);
+    const float f = e4m3_to_float(sb), yf = __frcp_rn(f);
+    const uint64_t q0 = o.g * 2;  // random indices 8g .. 8g+7 = Philox blocks 2g, 2g+1
+    const U4 r0 = philox_block(p.seed, p.offset, q0), r1 = philox_block(p.seed, p.offset, q0 + 1);
+    const uint32_t r[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
+    float us[8];
+    div8(xs, f, yf, true, us);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const float u = us[k];
+      const float a = fminf(fabsf(u), 6.f);
+      const int lo_idx = int(a >= 0.5f) + int(a >= 1.f) + int(a >= 1.5f) + int(a >= 2.f) + int(a >= 3.f) +
+                         int(a >= 4.f) + int(a >= 6.f);
+      const int hi_idx = lo_idx < 7 ? lo_idx + 1 : 7;
+      const float lo = e2m1_mag(lo_idx), hi = e2m1_mag(hi_idx);
+      // hi - lo is 0.5, 1 or 2: dividing by it is an exact scaling, i.e. a multiply by 2, 1, 0.5.
+      const float inv = lo_idx < 4 ? 2.f : (lo_idx < 6 ? 1.f : 0.5f);
+      const float pr = hi == lo ? 0.f : __fmul_rn(__fsub_rn(a, lo), inv);
+      const uint32_t mag = uniform24(r[k]) < pr ? uint32_t(hi_idx) : uint32_t(lo_idx);
+      codes |= (mag | (signbit(u) ? 8u : 0u)) << (4 * k);
+    }
+  } else {  // kRTN, kEden
+    sb = block_scale_bits(ab, p.M);
+    const float f = e4m3_to_float(sb), yf = __frcp_rn(f);
+    float u[8];
+    div8(xs, f, yf, true, u);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) codes |= e2m1_rn(u[k]) << (4 * k);
+    if (p.mode == kEden) {
+      float nn[8], dd[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        nn[k] = __fmul_rn(u[k], u[k]);
+        dd[k] = __fmul_rn(u[k], e2m1_decode((codes >> (4 * k)) & 0xfu));
+      }
+      float num = tree8(nn), den = tree8(dd);
+#pragma unroll
+      for (int m = 1; m < 16; m *= 2) {
+        num = __fadd_rn(num, __shfl_xor_sync(kFull, num, m));
+        den = __fadd_rn(den, __shfl_xor_sync(kFull, den, m));
+      }
+      const float c = den == 0.f ? 1.f : __fdiv_rn(num, den);
+      const float sc = __fmul_rn(f, c);
+      const float vs = sc > 448.f ? 448.f : sc;  // clamp keeping NaN, like the reference
+      // E4M3 neighbours of vs: down = toward zero, up = next (or down).
+      const uint8_t rn = e4m3_rn_bits(vs);
+      const uint8_t down = e4m3_to_float(rn) > vs ? uint8_t(rn - 1) : rn;
+      const float downf = e4m3_to_float(down);
+      const uint8_t up = (downf == vs || down >= 0x7e) ? down : uint8_t(down + 1);
+      const float upf = e4m3_to_float(up);
+      const float pr = upf == downf ? 0.f : __fdiv_rn(__fsub_rn(vs, downf), __fsub_rn(upf, downf));
+      sb = uniform24(philox_word(p.seed, p.offset, o.g >> 1)) < pr ? up : down;
+    }
+  }
+  if (o.active) {
+    reinterpret_cast<uint32_t*>(o.data)[o.g] = codes;
+    if ((lane & 1u) == 0) o.scales[o.g >> 1] = sb;
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// row_kernel: x (R, C) along C.
+// ------------------------------------------------------------------------------------------
+struct RowArgs {
+  const void* x;
+  int64_t R, C;
+  QuantParams p;
+  const float* amax;  // quantize pass
+  uint8_t* data;
+  uint8_t* scales;
+  float* tensor_scale;
+  unsigned* acc_raw;  // amax pass: max |x|
+  unsigned* acc_rot;  // amax pass: max |rotate(x)|
+};
+
+template <int KIND, bool AMAX>
+__global__ void __launch_bounds__(kThreads) row_kernel(RowArgs a) {
+  constexpr int kUnroll = AMAX ? 4 : 2;
+  const int64_t G = a.R * (a.C / 8);
+  const int64_t T = int64_t(gridDim.x) * blockDim.x;
+  const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const uint32_t lane = threadIdx.x & 31u;
+  float st = 1.f;
+  if constexpr (!AMAX) {
+    st = tensor_scale(*a.amax, a.p.D);
+    if (tid == 0) *a.tensor_scale = st;
+  }
+  unsigned mraw = 0, mrot = 0;
+  const Signs sg = load_signs(a.p, lane);
+  // Software pipeline: the loads of the next kUnroll groups are in flight while these are
+  // quantized (the kernel is latency-bound otherwise: one 16-byte load per thread at a time).
+  Vec<KIND> cur[kUnroll], nxt[kUnroll];
+#pragma unroll
+  for (int s = 0; s < kUnroll; ++s) {
+    const int64_t g = s * T + tid;
+    cur[s] = g < G ? vload<KIND>(a.x, nullptr, g * 8, a.C) : vzero<KIND>();
+  }
+  for (int64_t base = 0; base < G; base += T * kUnroll) {  // uniform trip count: shuffles stay converged
+#pragma unroll
+    for (int s = 0; s < kUnroll; ++s) {
+      const int64_t g = base + T * kUnroll + s * T + tid;
+      nxt[s] = g < G ? vload<KIND>(a.x, nullptr, g * 8, a.C) : vzero<KIND>();
+    }
+#pragma unroll
+    for (int s = 0; s < kUnroll; ++s) {
+      const int64_t g = base + s * T + tid;
+      float v[8];
+      vconvert<KIND>(cur[s], 1.f, v);
+      if constexpr (AMAX) {
+        mraw = max(mraw, amax8_key(v));
+        if (a.acc_rot != nullptr) {
+          rotate8(v, a.p, sg, lane);
+          mrot = max(mrot, amax8_key(v));
+        }
+      } else {
+        rotate8(v, a.p, sg, lane);
+        quantize_group(v, a.p, st, lane, GroupOut{a.data, a.scales, uint64_t(g), g < G});
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < kUnroll; ++s) cur[s] = nxt[s];
+  }
+  if constexpr (AMAX) {
+    warp_atomic_max(a.acc_raw, mraw);
+    warp_atomic_max(a.acc_rot, mrot);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// tile_kernel: a 128x128 tile of x through shared memory; column-wise output (x^T along R),
+// and the row-wise one from the same read when both are asked for.
+// ------------------------------------------------------------------------------------------
+struct TileArgs {
+  const void* x;
+  const uint8_t* x_scales;
+  const float* x_tensor_scale;
+  int64_t R, C;
+  bool do_row, do_col;
+  QuantParams prow, pcol;
+  const float* amax_row;
+  const float* amax_col;
+  uint8_t *row_data, *row_scales, *col_data, *col_scales;
+  float *row_ts, *col_ts;
+  unsigned *acc_raw, *acc_rowrot, *acc_colrot;  // amax pass
+};
+
+// Shared tile of floats, row stride 128; columns XOR-swizzled in units of 4 floats so that the
+// column reads of 16 lanes (rows 8l+k) spread over the banks (2-way at most) while 16-byte
+// stores stay contiguous.
+template <int TC>
+__device__ __forceinline__ int sidx(int r, int c) { return r * TC + (c ^ (((r >> 3) & 7) << 2)); }
+
+// TC: tile width, 128 when a row-wise output (whose 128-chunks must fit) is produced, else 64
+// (half the shared memory: more tiles in flight per SM for the column-wise-only launches).
+template <int KIND, bool AMAX, int TC>
+__global__ void __launch_bounds__(kThreads) tile_kernel(TileArgs a) {
+  extern __shared__ float4 smem4[];
+  float* tile = reinterpret_cast<float*>(smem4);
+  constexpr int kIters = kTile * TC / 8 / kThreads;  // 8 or 4
+  constexpr int kGpr = TC / 8;                       // groups per tile row
+  const int64_t R0 = int64_t(blockIdx.y) * kTile, C0 = int64_t(blockIdx.x) * TC;
+  const int t = threadIdx.x;
+  const uint32_t lane = t & 31u;
+  const bool first = blockIdx.x == 0 && blockIdx.y == 0 && t == 0;
+
+  float st_in = 1.f, st_row = 1.f, st_col = 1.f;
+  if constexpr (KIND == kNVFP4) st_in = *a.x_tensor_scale;
+  if constexpr (!AMAX) {
+    if (a.do_row) {
+      st_row = tensor_scale(*a.amax_row, a.prow.D);
+      if (first) *a.row_ts = st_row;
+    }
+    if (a.do_col) {
+      st_col = tensor_scale(*a.amax_col, a.pcol.D);
+      if (first) *a.col_ts = st_col;
+    }
+  }
+
+  // Load the tile: group (r, c8) = 8 consecutive columns of row r; all loads issued first.
+  Vec<KIND> raw[kIters];
+#pragma unroll
+  for (int it = 0; it < kIters; ++it) {
+    const int grp = it * kThreads + t, r = grp / kGpr, c8 = grp % kGpr;
+    const int64_t gr = R0 + r, gc = C0 + 8 * c8;
+    raw[it] = (gr < a.R && gc < a.C) ? vload<KIND>(a.x, a.x_scales, gr * a.C + gc, a.C) : vzero<KIND>();
+  }
+#pragma unroll
+  for (int it = 0; it < kIters; ++it) {
+    const int grp = it * kThreads + t, r = grp / kGpr, c8 = grp % kGpr;
+    float v[8];
+    vconvert<KIND>(raw[it], st_in, v);
+    *reinterpret_cast<float4*>(tile + sidx<TC>(r, 8 * c8)) = make_float4(v[0], v[1], v[2], v[3]);
+    *reinterpret_cast<float4*>(tile + sidx<TC>(r, 8 * c8 + 4)) = make_float4(v[4], v[5], v[6], v[7]);
+  }
+  __syncthreads();
+
+  // Row-wise pass (from shared memory: keeps one copy of the quantizer in the code).
+  unsigned mraw = 0, mrow = 0, mcol = 0;
+  const bool row_pass = AMAX ? (a.acc_raw != nullptr || a.acc_rowrot != nullptr) : a.do_row;
+  const Signs sg_row = load_signs(a.prow, lane);  // rows: lane & 15 is the group's position
+  if (row_pass) {
+#pragma unroll 1
+    for (int it = 0; it < kIters; ++it) {
+      const int grp = it * kThreads + t, r = grp / kGpr, c8 = grp % kGpr;
+      const int64_t gr = R0 + r, gc = C0 + 8 * c8;
+      const float4 lo = *reinterpret_cast<const float4*>(tile + sidx<TC>(r, 8 * c8));
+      const float4 hi = *reinterpret_cast<const float4*>(tile + sidx<TC>(r, 8 * c8 + 4));
+      float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+      if constexpr (AMAX) {
+        mraw = max(mraw, amax8_key(v));
+        if (a.acc_rowrot != nullptr) {
+          rotate8(v, a.prow, sg_row, lane);
+          mrow = max(mrow, amax8_key(v));
+        }
+      } else {
+        rotate8(v, a.prow, sg_row, lane);
+        quantize_group(v, a.prow, st_row, lane,
+                       GroupOut{a.row_data, a.row_scales, uint64_t(gr * (a.C / 8) + gc / 8), gr < a.R && gc < a.C});
+      }
+    }
+  }
+
+  const bool col_pass = AMAX ? a.acc_colrot != nullptr : a.do_col;
+  const Signs sg_col = load_signs(a.pcol, lane);  // columns: lane & 15 is r8
+  if (col_pass) {
+#pragma unroll 1
+    for (int it = 0; it < kIters; ++it) {
+      const int grp = it * kThreads + t, c = grp >> 4, r8 = grp & 15;
+      const int64_t gc = C0 + c, gr0 = R0 + 8 * r8;
+      float v[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) v[k] = tile[sidx<TC>(8 * r8 + k, c)];
+      rotate8(v, a.pcol, sg_col, lane);
+      if constexpr (AMAX) {
+        mcol = max(mcol, amax8_key(v));
+      } else {
+        quantize_group(v, a.pcol, st_col, lane,
+                       GroupOut{a.col_data, a.col_scales, uint64_t(gc * (a.R / 8) + gr0 / 8), gc < a.C && gr0 < a.R});
+      }
+    }
+  }
+  if constexpr (AMAX) {
+    warp_atomic_max(a.acc_raw, mraw);
+    warp_atomic_max(a.acc_rowrot, mrow);
+    warp_atomic_max(a.acc_colrot, mcol);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// 16x16-block RTN: one warp per 16x16 tile (lane = 2 * row + half).
+// ------------------------------------------------------------------------------------------
+template <int KIND>
+__global__ void __launch_bounds__(kThreads) q2d_kernel(const void* x, int64_t R, int64_t C, float D, float M,
+                                                       const float* amax, uint8_t* data, uint8_t* scales,
+                                                       float* ts) {
+  const int64_t tiles_c = C / 16, tiles = (R / 16) * tiles_c;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  const uint32_t lane = threadIdx.x & 31u;
+  const float st = tensor_scale(*amax, D);
+  if (blockIdx.x == 0 && threadIdx.x == 0) *ts = st;
+  for (int64_t w = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; w < tiles; w += warps) {
+    const int64_t row = (w / tiles_c) * 16 + lane / 2, col0 = (w % tiles_c) * 16 + (lane & 1u) * 8;
+    float v[8];
+    vconvert<KIND>(vload<KIND>(x, nullptr, row * C + col0, C), 1.f, v);
+    float xs[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) xs[k] = __fdiv_rn(v[k], st);
+    float m = max8abs(xs);
+#pragma unroll
+    for (int s = 16; s > 0; s /= 2) m = fmaxf(m, __shfl_xor_sync(kFull, m, s));
+    const uint8_t sb = block_scale_bits(m, M);
+    const float f = e4m3_to_float(sb);
+    uint32_t codes = 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) codes |= e2m1_rn(__fdiv_rn(xs[k], f)) << (4 * k);
+    *reinterpret_cast<uint32_t*>(data + row * (C / 2) + col0 / 2) = codes;
+    if ((lane & 1u) == 0) scales[row * (C / 16) + col0 / 16] = sb;
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Dequantize: one thread per group of 8.
+// ------------------------------------------------------------------------------------------
+template <int OUT>
+__global__ void __launch_bounds__(kThreads) dequant_kernel(const uint8_t* data, const uint8_t* scales,
+                                                           const float* ts, int64_t R, int64_t C, bool apply_ts,
+                                                           void* out) {
+  const int64_t G = R * (C / 8);
+  const float st = apply_ts ? *ts : 1.f;
+  for (int64_t g = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; g < G; g += int64_t(gridDim.x) * blockDim.x) {
+    const uint32_t codes = __ldg(reinterpret_cast<const uint32_t*>(data) + g);
+    const float sb = e4m3_to_float(__ldg(scales + g / 2));
+    float v[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      v[k] = __fmul_rn(e2m1_decode((codes >> (4 * k)) & 0xfu), sb);
+      if (apply_ts) v[k] = __fmul_rn(v[k], st);
+    }
+    if constexpr (OUT == kF32) {
+      float4* o = reinterpret_cast<float4*>(out) + 2 * g;
+      o[0] = make_float4(v[0], v[1], v[2], v[3]);
+      o[1] = make_float4(v[4], v[5], v[6], v[7]);
+    } else {
+      uint32_t w[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if constexpr (OUT == kBF16) {
+          const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+          w[k] = *reinterpret_cast<const uint32_t*>(&h);
+        } else {
+          const __half2 h = __floats2half2_rn(v[2 * k], v[2 * k + 1]);
+          w[k] = *reinterpret_cast<const uint32_t*>(&h);
+        }
+      }
+      reinterpret_cast<uint4*>(out)[g] = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+  }
+}
+
+__global__ void fill_one(float* a, float* b) {
+  float* p = threadIdx.x == 0 ? a : b;
+  if (p != nullptr) *p = 1.f;
+}
+
+// ------------------------------------------------------------------------------------------
+// Host side
+// ------------------------------------------------------------------------------------------
+int num_sms() {
+  static int n = [] {
+    int dev = 0, v = 0;
+    QT_CUDA_CHECK(cudaGetDevice(&dev));
+    QT_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+    return v;
+  }();
+  return n;
+}
+
+int grid_for(int64_t work_items, int per_block, int blocks_per_sm) {
+  const int64_t need = (work_items + per_block - 1) / per_block;
+  const int64_t cap = int64_t(num_sms()) * blocks_per_sm;
+  return int(std::max<int64_t>(1, std::min(need, cap)));
+}
+
+template <int KIND, bool AMAX>
+void launch_row(const RowArgs& a, cudaStream_t stream) {
+  row_kernel<KIND, AMAX><<<grid_for(a.R * (a.C / 8), kThreads * 2, 8), kThreads, 0, stream>>>(a);
+  QT_LAUNCH_CHECK();
+}
+
+template <int KIND, bool AMAX, int TC>
+void launch_tile_tc(const TileArgs& a, cudaStream_t stream) {
+  constexpr int smem = kTile * TC * sizeof(float);
+  static bool configured = [] {
+    QT_CUDA_CHECK(cudaFuncSetAttribute(tile_kernel<KIND, AMAX, TC>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    return true;
+  }();
+  (void)configured;
+  const dim3 grid(unsigned((a.C + TC - 1) / TC), unsigned((a.R + kTile - 1) / kTile));
+  QT_HOST_ASSERT(grid.y <= 65535u, "too many rows for the tile grid");
+  tile_kernel<KIND, AMAX, TC><<<grid, kThreads, smem, stream>>>(a);
+  QT_LAUNCH_CHECK();
+}
+
+template <int KIND, bool AMAX>
+void launch_tile(const TileArgs& a, cudaStream_t stream) {
+  const bool rowwise = AMAX ? a.acc_rowrot != nullptr : a.do_row;
+  if (rowwise) launch_tile_tc<KIND, AMAX, 128>(a, stream);
+  else launch_tile_tc<KIND, AMAX, 64>(a, stream);
+}
+
+template <template <int, bool> class F, bool AMAX, typename Args>
+void by_kind(int kind, const Args& a, cudaStream_t stream) {
+  switch (kind) {
+    case kF32: F<kF32, AMAX>::run(a, stream); break;
+    case kBF16: F<kBF16, AMAX>::run(a, stream); break;
+    case kF16: F<kF16, AMAX>::run(a, stream); break;
+    default: QT_HOST_ASSERT(false, "unsupported input kind " + std::to_string(kind));
+  }
+}
+template <int KIND, bool AMAX>
+struct RowLaunch {
+  static void run(const RowArgs& a, cudaStream_t s) { launch_row<KIND, AMAX>(a, s); }
+};
+
+void launch_tile_kind(int kind, bool amax, const TileArgs& a, cudaStream_t s) {
+  switch (kind * 2 + int(amax)) {
+    case kF32 * 2: launch_tile<kF32, false>(a, s); break;
+    case kF32 * 2 + 1: launch_tile<kF32, true>(a, s); break;
+    case kBF16 * 2: launch_tile<kBF16, false>(a, s); break;
+    case kBF16 * 2 + 1: launch_tile<kBF16, true>(a, s); break;
+    case kF16 * 2: launch_tile<kF16, false>(a, s); break;
+    case kF16 * 2 + 1: launch_tile<kF16, true>(a, s); break;
+    case kNVFP4 * 2: launch_tile<kNVFP4, false>(a, s); break;
+    case kNVFP4 * 2 + 1: launch_tile<kNVFP4, true>(a, s); break;
+    default: QT_HOST_ASSERT(false, "unsupported input kind " + std::to_string(kind));
+  }
+}
+
+void check_dir(const DirSpec& d, int64_t cols, const char* name) {
+  if (!d.enabled) return;
+  QT_HOST_ASSERT(d.data && d.scales && d.tensor_scale, std::string(name) + ": missing output pointers");
+  QT_HOST_ASSERT(d.amax_given || d.amax_ws, std::string(name) + ": missing amax workspace");
+  QT_HOST_ASSERT(d.p.rot_n == 0 || d.p.rot_n == 16 || d.p.rot_n == 128, "rotation must be 0, 16 or 128");
+  QT_HOST_ASSERT(d.p.rot_n == 0 || d.p.signs, "rotation without signs");
+  const int64_t mult = (d.p.mode == kEden || d.p.rot_n == 128) ? 128 : 16;
+  QT_HOST_ASSERT(cols % mult == 0, std::string(name) + ": quantized dim " + std::to_string(cols) +
+                                       " is not a multiple of " + std::to_string(mult));
+}
+
+}  // namespace
+
+void quantize(const QuantizeSpec& s, cudaStream_t stream) {
+  QT_HOST_ASSERT(s.row.enabled || s.col.enabled, "nothing to quantize");
+  QT_HOST_ASSERT(s.R >= 0 && s.C % 16 == 0, "C must be a multiple of 16");
+  QT_HOST_ASSERT(!s.col.enabled || s.R % 16 == 0, "R must be a multiple of 16 for the column-wise output");
+  QT_HOST_ASSERT(s.kind != kNVFP4 || (!s.row.enabled && s.x_scales && s.x_tensor_scale),
+                 "packed FP4 input: column-wise output only, with its scales");
+  check_dir(s.row, s.C, "row-wise");
+  check_dir(s.col, s.R, "column-wise");
+  if (s.R == 0 || s.C == 0) {  // empty: tensor scale 1 (amax 0), nothing else to write
+    fill_one<<<1, 2, 0, stream>>>(s.row.enabled ? s.row.tensor_scale : nullptr,
+                                  s.col.enabled ? s.col.tensor_scale : nullptr);
+    QT_LAUNCH_CHECK();
+    return;
+  }
+
+  // Resolve where each direction's amax comes from; a raw max |x| is shared by both directions.
+  float *ws_raw = nullptr, *ws_rowrot = nullptr, *ws_colrot = nullptr;
+  const float* amax_row = s.row.amax_given;
+  const float* amax_col = s.col.amax_given;
+  if (s.row.enabled && !amax_row) {
+    if (s.row.p.rot_n == 0) amax_row = ws_raw = s.row.amax_ws;
+    else amax_row = ws_rowrot = s.row.amax_ws;
+  }
+  if (s.col.enabled && !amax_col) {
+    if (s.col.p.rot_n == 0) amax_col = ws_raw ? ws_raw : (ws_raw = s.col.amax_ws);
+    else amax_col = ws_colrot = s.col.amax_ws;
+  }
+  for (float* w : {ws_raw, ws_rowrot, ws_colrot})
+    if (w) QT_CUDA_CHECK(cudaMemsetAsync(w, 0, sizeof(float), stream));
+
+  TileArgs t{};
+  t.x = s.x;
+  t.x_scales = s.x_scales;
+  t.x_tensor_scale = s.x_tensor_scale;
+  t.R = s.R;
+  t.C = s.C;
+  t.do_row = s.row.enabled;
+  t.do_col = s.col.enabled;
+  t.prow = s.row.p;
+  t.pcol = s.col.p;
+
+  // Amax pass (one read of x at most).
+  if (ws_colrot || (s.kind == kNVFP4 && (ws_raw || ws_rowrot))) {
+    TileArgs am = t;
+    am.acc_raw = reinterpret_cast<unsigned*>(ws_raw);
+    am.acc_rowrot = reinterpret_cast<unsigned*>(ws_rowrot);
+    am.acc_colrot = reinterpret_cast<unsigned*>(ws_colrot);
+    launch_tile_kind(s.kind, true, am, stream);
+  } else if (ws_raw || ws_rowrot) {
+    RowArgs am{};
+    am.x = s.x;
+    am.R = s.R;
+    am.C = s.C;
+    am.p = s.row.p;
+    am.acc_raw = reinterpret_cast<unsigned*>(ws_raw);
+    am.acc_rot = reinterpret_cast<unsigned*>(ws_rowrot);
+    by_kind<RowLaunch, true>(s.kind, am, stream);
+  }
+
+  // Quantize pass.
+  if (s.col.enabled) {
+    t.amax_row = amax_row;
+    t.amax_col = amax_col;
+    t.row_data = s.row.data;
+    t.row_scales = s.row.scales;
+    t.row_ts = s.row.tensor_scale;
+    t.col_data = s.col.data;
+    t.col_scales = s.col.scales;
+    t.col_ts = s.col.tensor_scale;
+    launch_tile_kind(s.kind, false, t, stream);
+  } else {
+    RowArgs q{};
+    q.x = s.x;
+    q.R = s.R;
+    q.C = s.C;
+    q.p = s.row.p;
+    q.amax = amax_row;
+    q.data = s.row.data;
+    q.scales = s.row.scales;
+    q.tensor_scale = s.row.tensor_scale;
+    by_kind<RowLaunch, false>(s.kind, q, stream);
+  }
+}
+
+void quantize_2d(int kind, const void* x, int64_t R, int64_t C, float D, float M, uint8_t* data, uint8_t* scales,
+                 float* ts, float* amax_ws, cudaStream_t stream) {
+  QT_HOST_ASSERT(R % 16 == 0 && C % 16 == 0, "quantize_2d: R and C must be multiples of 16");
+  if (R == 0 || C == 0) {
+    fill_one<<<1, 2, 0, stream>>>(ts, nullptr);
+    QT_LAUNCH_CHECK();
+    return;
+  }
+  QT_CUDA_CHECK(cudaMemsetAsync(amax_ws, 0, sizeof(float), stream));
+  RowArgs am{};
+  am.x = x;
+  am.R = R;
+  am.C = C;
+  am.acc_raw = reinterpret_cast<unsigned*>(amax_ws);
+  by_kind<RowLaunch, true>(kind, am, stream);
+  const int grid = grid_for((R / 16) * (C / 16), kThreads / 32, 8);
+  switch (kind) {
+    case kF32: q2d_kernel<kF32><<<grid, kThreads, 0, stream>>>(x, R, C, D, M, amax_ws, data, scales, ts); break;
+    case kBF16: q2d_kernel<kBF16><<<grid, kThreads, 0, stream>>>(x, R, C, D, M, amax_ws, data, scales, ts); break;
+    case kF16: q2d_kernel<kF16><<<grid, kThreads, 0, stream>>>(x, R, C, D, M, amax_ws, data, scales, ts); break;
+    default: QT_HOST_ASSERT(false, "unsupported input kind");
+  }
+  QT_LAUNCH_CHECK();
+}
+
+void dequantize(const uint8_t* data, const uint8_t* scales, const float* ts, int64_t R, int64_t C, int out_kind,
+                bool apply_ts, void* out, cudaStream_t stream) {
+  QT_HOST_ASSERT(C % 16 == 0, "dequantize: C must be a multiple of 16");
+  if (R == 0 || C == 0) return;
+  const int grid = grid_for(R * (C / 8), kThreads, 16);
+  switch (out_kind) {
+    case kF32: dequant_kernel<kF32><<<grid, kThreads, 0, stream>>>(data, scales, ts, R, C, apply_ts, out); break;
+    case kBF16: dequant_kernel<kBF16><<<grid, kThreads, 0, stream>>>(data, scales, ts, R, C, apply_ts, out); break;
+    case kF16: dequant_kernel<kF16><<<grid, kThreads, 0, stream>>>(data, scales, ts, R, C, apply_ts, out); break;
+    default: QT_HOST_ASSERT(false, "unsupported output kind");
+  }
+  QT_LAUNCH_CHECK();
+}
+
+}  // namespace quartet
