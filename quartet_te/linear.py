@@ -1,6 +1,7 @@
 """Quartet II and NVFP4-baseline linear layers for plain PyTorch (no Transformer Engine needed).
 
-`y = x Wᵀ (+ b)` with x: (..., K), W: (N, K). The three GEMMs follow the spec:
+`y = x Wᵀ (+ b)` with x: (..., K), W: (N, K). The three GEMMs are those of `quartet_te.gemms`
+(the same code the TE recipe runs), following the spec:
 
 Quartet II
 - fprop: ``x̂ = 4/6-RTN(x)``, ``Ŵ = 4/6-RTN(W)`` along K; ``y = x̂ Ŵᵀ``. Only x̂ and Ŵ (FP4) are saved.
@@ -18,23 +19,15 @@ Bias is added and its gradient summed in high precision.
 """
 from __future__ import annotations
 
+import functools
 from typing import Iterable
 
 import torch
 from torch import nn
 
-from . import ops
+from . import gemms as G
 from .recipes import NVFP4Recipe, Quartet2Recipe, Recipe, get_recipe
-from .reference.hadamard import hadamard_unrotate
-from .rotation import Operand, RotationState, layer_seed
-from .telemetry import target
-from .tensor import NVFP4Tensor
-
-ROWS_MULTIPLE = 128  # tokens are zero-padded to this for the rotations along M
-
-
-def _round_up(n: int, m: int) -> int:
-    return (n + m - 1) // m * m
+from .rotation import RotationState, layer_seed
 
 
 def _out_dtype(x: torch.Tensor) -> torch.dtype:
@@ -44,184 +37,69 @@ def _out_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
-    if t.shape[0] == rows:
-        return t
-    return torch.cat((t, t.new_zeros(rows - t.shape[0], *t.shape[1:])), 0)
-
-
 def check_shapes(recipe: Recipe, in_features: int, out_features: int, name: str = "linear") -> None:
-    """Raise ValueError if the layer's dims cannot run under `recipe` (spec §7)."""
+    """Raise ValueError if the layer's dims cannot run under `recipe` (spec §7): the inner dim K
+    is quantized in blocks of 16 (rotated in chunks of 128 with `forward_rotation`); N and the
+    token count are zero-padded where the backward rotates along them."""
     k_mult = 128 if isinstance(recipe, Quartet2Recipe) and recipe.forward_rotation else 16
     if in_features % k_mult:
-        raise ValueError(f"{name}: in_features={in_features} must be a multiple of {k_mult} for {recipe.name}")
-    n_mult = 128 if isinstance(recipe, Quartet2Recipe) and recipe.backward_quant else 16
-    if out_features % n_mult:
         raise ValueError(
-            f"{name}: out_features={out_features} must be a multiple of {n_mult} for {recipe.name} "
-            "(the backward rotates along N in 128-chunks); keep this layer in high precision"
+            f"{name}: in_features={in_features} must be a multiple of {k_mult} for {recipe.name}; "
+            "keep this layer in high precision"
+        )
+    if isinstance(recipe, NVFP4Recipe) and out_features % 16:
+        # The baseline quantizes e along N without padding, and W in 16×16 blocks.
+        raise ValueError(
+            f"{name}: out_features={out_features} must be a multiple of 16 for {recipe.name}; "
+            "keep this layer in high precision"
         )
 
 
-class _QuartetLinearFn(torch.autograd.Function):
+class _LinearFn(torch.autograd.Function):
+    """One linear under a recipe; the FP4 operands (not x or W) are what the backward keeps."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias, recipe: Quartet2Recipe, rotation: RotationState):  # type: ignore[override]
-        out_dtype = _out_dtype(x)
+    def forward(ctx, x, weight, bias, recipe: Recipe, rotation: RotationState):  # type: ignore[override]
         x2 = x.reshape(-1, x.shape[-1])
-        hp = recipe.high_precision_gemms
-        signs = rotation.fixed_signs(128, x.device) if recipe.forward_rotation else None
-        mode = "four_over_six" if recipe.four_over_six else "rtn"
-        xq = ops.quantize(x2, mode, signs=signs)
-        wq = ops.quantize(weight, mode, signs=signs)
-        if "fprop" in hp:
-            y = x2.float() @ weight.float().t()
-        else:
-            y = ops.gemm(xq, wq, torch.float32)
-            probe = getattr(rotation, "telemetry", None)  # quartet_te.telemetry (opt-in)
-            if probe is not None and (step := probe.forward_step()) is not None:
-                probe.record(step, "fprop", (xq, target(x2, signs)), (wq, target(weight, signs)), y,
-                             x2.float() @ weight.float().t())
-        if bias is not None:
-            y = y + bias.float()
-        ctx.xq, ctx.wq = xq, wq
+        xop = G.quantize_input(x2, recipe, rotation)
+        wop = G.quantize_weight(weight, recipe, rotation)
+        probe = rotation.telemetry  # quartet_te.telemetry (opt-in)
+        step = probe.forward_step() if probe is not None and "fprop" not in recipe.high_precision_gemms else None
+        record = None
+        if step is not None:  # a sampled step: fprop telemetry compares with x Wᵀ
+            record = functools.partial(probe.record, step)
+            xop.hp = x2 if xop.hp is None else xop.hp
+            wop.hp = weight if wop.hp is None else wop.hp
+        y = G.fprop(xop, wop, bias, recipe, _out_dtype(x), record)
+        for op in (xop, wop):
+            if not op.hp_saved:  # high precision kept only for fprop or telemetry: drop it now
+                op.hp = None
+        ctx.xop, ctx.wop = xop, wop
         ctx.recipe, ctx.rotation = recipe, rotation
         ctx.has_bias = bias is not None
         ctx.x_shape, ctx.dtypes = x.shape, (x.dtype, weight.dtype)
-        # High-precision GEMMs in the backward need the high-precision operands.
-        ctx.save_for_backward(x2 if "wgrad" in hp else None, weight if "dgrad" in hp else None)
-        return y.to(out_dtype).reshape(*x.shape[:-1], weight.shape[0])
+        return y.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        x_hp, w_hp = ctx.saved_tensors
-        recipe: Quartet2Recipe = ctx.recipe
-        xq: NVFP4Tensor = ctx.xq
-        wq: NVFP4Tensor = ctx.wq
+        recipe: Recipe = ctx.recipe
         e = grad_out.reshape(-1, grad_out.shape[-1])
-        m = e.shape[0]
-        hp = recipe.high_precision_gemms
-        draw = ctx.rotation.next_backward(e.device) if recipe.backward_quant else None
-        probe = getattr(ctx.rotation, "telemetry", None)
-        step = probe.backward_step(draw) if probe is not None else None
+        g = G.make_grad(e, recipe, ctx.rotation)
+        probe = ctx.rotation.telemetry
+        step = probe.backward_step(g.draw) if probe is not None else None
 
-        dx = dw = None
+        def record_for(gemm: str):
+            if step is None or gemm in recipe.high_precision_gemms:
+                return None
+            return functools.partial(probe.record, step)
+
+        dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            if "dgrad" in hp:
-                dx = e.float() @ w_hp.float()
-            elif draw is None:
-                dx = e.float() @ wq.dequantize()
-                if step is not None:
-                    probe.record(step, "dgrad", (None, None), (None, None), dx, dx)
-            else:
-                eq = ops.quantize(e, "ms_eden", signs=draw.signs, seed=draw.seed, offset=draw.offset(Operand.GRAD_ROWWISE))
-                wtq = ops.requantize(wq, signs=draw.signs, seed=draw.seed, offset=draw.offset(Operand.WEIGHT_T))
-                dx = ops.gemm(eq, wtq, torch.float32)
-                if step is not None:
-                    w_deq = wq.dequantize()
-                    probe.record(step, "dgrad", (eq, target(e, draw.signs)), (wtq, target(w_deq, draw.signs, True)),
-                                 dx, e.float() @ w_deq)
-            if recipe.forward_rotation and "dgrad" not in hp:
-                dx = hadamard_unrotate(dx, ctx.rotation.fixed_signs(128, dx.device))
-            dx = dx.to(ctx.dtypes[0]).reshape(ctx.x_shape)
+            dx = G.dgrad(g, ctx.wop, recipe, ctx.dtypes[0], record_for("dgrad")).reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
-            if "wgrad" in hp:
-                dw = e.float().t() @ x_hp.float()
-            elif draw is None:
-                dw = e.float().t() @ xq.dequantize()
-                if step is not None:
-                    probe.record(step, "wgrad", (None, None), (None, None), dw, dw)
-            else:
-                mp = _round_up(m, ROWS_MULTIPLE)
-                etq = ops.quantize(
-                    _pad_rows(e, mp), "ms_eden", signs=draw.signs, seed=draw.seed,
-                    offset=draw.offset(Operand.GRAD_COLWISE), transpose=True,
-                )
-                xtq = ops.requantize(xq.pad_rows(mp), signs=draw.signs, seed=draw.seed, offset=draw.offset(Operand.INPUT_T))
-                dw = ops.gemm(etq, xtq, torch.float32)
-                if step is not None:
-                    x_deq = xq.pad_rows(mp).dequantize()
-                    probe.record(step, "wgrad", (etq, target(_pad_rows(e, mp), draw.signs, True)),
-                                 (xtq, target(x_deq, draw.signs, True)), dw, e.float().t() @ x_deq[:m])
-            if recipe.forward_rotation and "wgrad" not in hp:
-                dw = hadamard_unrotate(dw, ctx.rotation.fixed_signs(128, dw.device))
-            dw = dw.to(ctx.dtypes[1])
-        db = e.float().sum(0).to(ctx.dtypes[1]) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return dx, dw, db, None, None
-
-
-class _NVFP4LinearFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, recipe: NVFP4Recipe, rotation: RotationState):  # type: ignore[override]
-        out_dtype = _out_dtype(x)
-        x2 = x.reshape(-1, x.shape[-1])
-        hp = recipe.high_precision_gemms
-        wq = ops.quantize_2d(weight) if recipe.weight_2d else ops.quantize(weight, "rtn")
-        if "fprop" in hp:
-            y = x2.float() @ weight.float().t()
-        else:
-            xq = ops.quantize(x2, "rtn")
-            y = ops.gemm(xq, wq, torch.float32)
-            probe = getattr(rotation, "telemetry", None)  # quartet_te.telemetry (opt-in)
-            if probe is not None and (step := probe.forward_step()) is not None:
-                probe.record(step, "fprop", (xq, target(x2)), (wq, target(weight)), y, x2.float() @ weight.float().t())
-        if bias is not None:
-            y = y + bias.float()
-        # The column-wise input for wgrad, quantized now from the high-precision x (as TE does).
-        xtq = None
-        if "wgrad" not in hp:
-            mp = _round_up(x2.shape[0], ROWS_MULTIPLE)
-            rht = rotation.fixed_signs(16, x.device) if recipe.wgrad_rht else None
-            xtq = ops.quantize(_pad_rows(x2, mp), "rtn", signs=rht, transpose=True)
-        ctx.wq, ctx.xtq = wq, xtq
-        ctx.recipe, ctx.rotation = recipe, rotation
-        ctx.has_bias = bias is not None
-        ctx.x_shape, ctx.dtypes = x.shape, (x.dtype, weight.dtype)
-        ctx.save_for_backward(x2 if "wgrad" in hp else None, weight if "dgrad" in hp else None)
-        return y.to(out_dtype).reshape(*x.shape[:-1], weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        x_hp, w_hp = ctx.saved_tensors
-        recipe: NVFP4Recipe = ctx.recipe
-        e = grad_out.reshape(-1, grad_out.shape[-1])
-        hp = recipe.high_precision_gemms
-        draw = ctx.rotation.next_backward(e.device)
-        probe = getattr(ctx.rotation, "telemetry", None)
-        step = probe.backward_step(draw) if probe is not None else None
-        mode = "sr" if recipe.stochastic_rounding else "rtn"
-        seed = draw.seed if recipe.stochastic_rounding else None
-        dx = dw = None
-        if ctx.needs_input_grad[0]:
-            if "dgrad" in hp:
-                dx = e.float() @ w_hp.float()
-            else:
-                wq: NVFP4Tensor = ctx.wq
-                if wq.mode == "rtn_2d":
-                    wt = ops.transpose_2d(wq)
-                else:  # 1×16 weight blocks: re-quantize Ŵᵀ along N by RTN
-                    wt = ops.quantize(wq.dequantize(), "rtn", transpose=True)
-                eq = ops.quantize(e, mode, seed=seed, offset=draw.offset(Operand.GRAD_ROWWISE))
-                dx = ops.gemm(eq, wt, torch.float32)
-                if step is not None:
-                    w_deq = wq.dequantize()
-                    probe.record(step, "dgrad", (eq, target(e)), (wt, target(w_deq, transpose=True)), dx, e.float() @ w_deq)
-            dx = dx.to(ctx.dtypes[0]).reshape(ctx.x_shape)
-        if ctx.needs_input_grad[1]:
-            if "wgrad" in hp:
-                dw = e.float().t() @ x_hp.float()
-            else:
-                xtq: NVFP4Tensor = ctx.xtq
-                rht = ctx.rotation.fixed_signs(16, e.device) if recipe.wgrad_rht else None
-                etq = ops.quantize(
-                    _pad_rows(e, xtq.shape[1]), mode, signs=rht, seed=seed,
-                    offset=draw.offset(Operand.GRAD_COLWISE), transpose=True,
-                )
-                dw = ops.gemm(etq, xtq, torch.float32)
-                if step is not None:  # x̂ᵀ's own error needs the high-precision x, not kept: NaN
-                    et = target(_pad_rows(e, xtq.shape[1]), rht, True)
-                    probe.record(step, "wgrad", (etq, et), (xtq, None), dw, et @ xtq.dequantize().t())
-            dw = dw.to(ctx.dtypes[1])
-        db = e.float().sum(0).to(ctx.dtypes[1]) if ctx.has_bias and ctx.needs_input_grad[2] else None
+            dw = G.wgrad(g, ctx.xop, recipe, ctx.dtypes[1], record_for("wgrad"))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = e.float().sum(0).to(ctx.dtypes[1])
         return dx, dw, db, None, None
 
 
@@ -234,8 +112,7 @@ def quartet_linear(
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
     check_shapes(recipe, weight.shape[1], weight.shape[0])
-    fn = _QuartetLinearFn if isinstance(recipe, Quartet2Recipe) else _NVFP4LinearFn
-    return fn.apply(x, weight, bias, recipe, rotation)
+    return _LinearFn.apply(x, weight, bias, recipe, rotation)
 
 
 class QuartetLinear(nn.Linear):

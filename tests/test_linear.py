@@ -149,8 +149,10 @@ def test_convert_swaps_linears_and_skips_named():
 
 
 def test_bad_shapes_name_the_layer():
-    with pytest.raises(ValueError, match="fc.*out_features=100.*multiple of 128"):
-        qt.convert(nn.ModuleDict({"fc": nn.Linear(128, 100)}))
+    with pytest.raises(ValueError, match="fc.*in_features=40.*multiple of 16"):
+        qt.convert(nn.ModuleDict({"fc": nn.Linear(40, 128)}))
+    with pytest.raises(ValueError, match="out_features=100.*multiple of 16.*nvfp4"):
+        qt.QuartetLinear(128, 100, recipe="nvfp4")
     with pytest.raises(ValueError, match="in_features=40.*multiple of 16"):
         qt.QuartetLinear(40, 128)
     with pytest.raises(ValueError, match="in_features=144.*multiple of 128"):
@@ -168,6 +170,15 @@ def test_autocast_output_dtype_and_3d_input():
     y.float().sum().backward()
     assert x.grad.shape == x.shape and x.grad.dtype == torch.float32
     assert bool(torch.isfinite(layer.weight.grad).all())
+
+
+def test_out_features_not_multiple_of_128_are_padded():
+    # N = 200: the dgrad rotation along N zero-pads to 256; gradients stay unbiased-shaped and finite.
+    x, w, b, e = _data(m=130, n=200)
+    y, dx, dw, db = _run(qt.Quartet2Recipe(), x, w, b, e, RotationState(4))
+    assert y.shape == (130, 200) and dw.shape == w.shape and dx.shape == x.shape
+    for got, ref in ((dx, e @ w), (dw, e.t() @ x)):
+        assert float((got - ref).norm() / ref.norm()) < 0.3
 
 
 def test_nan_in_input_reaches_the_output():

@@ -13,7 +13,7 @@ import quartet_te as qt
 from quartet_te import reference as R
 from quartet_te.reference.hadamard import hadamard_rotate
 from quartet_te.rotation import Operand, RotationState, layer_seed
-from quartet_te.te import operands as O
+from quartet_te import gemms as O
 from quartet_te.telemetry import COLUMNS, LayerProbe, Telemetry, read_csv, rel_err
 
 RECIPES = [

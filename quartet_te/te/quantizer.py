@@ -29,7 +29,7 @@ from transformer_engine.pytorch.tensor.identity_tensor import IdentityQuantizer
 from ..recipes import NVFP4Recipe, Recipe
 from ..rotation import RotationState
 from ..tensor import NVFP4Tensor
-from . import operands as O
+from .. import gemms as O
 from .roles import SlotKind
 
 log = logging.getLogger(__name__)

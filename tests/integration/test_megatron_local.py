@@ -107,8 +107,8 @@ def test_unbound_layer_and_bad_shard_raise(gen):
     layer = QuartetColumnParallelLinear(128, 256, config=_config(), init_method=_init, bias=False)
     with pytest.raises(RuntimeError, match="no name/seed"):
         layer(torch.randn(8, 1, 128, generator=gen))
-    odd = QuartetColumnParallelLinear(128, 192, config=_config(), init_method=_init, bias=False)
-    with pytest.raises(ValueError, match="multiple of 128"):
+    odd = QuartetColumnParallelLinear(120, 256, config=_config(), init_method=_init, bias=False)
+    with pytest.raises(ValueError, match="layer0.odd.*in_features=120.*multiple of 16"):
         odd.bind_quartet("layer0.odd")
 
 

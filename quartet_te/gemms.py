@@ -1,17 +1,17 @@
-"""The numerics behind our TE quantizers and `qgemm`, free of any TE import.
+"""The three GEMMs of each recipe (spec §4 and §5), shared by every path and free of any TE import.
 
-TE hands a GEMM two storages; what they carry is one of these operands:
+`quartet_te.linear` (plain PyTorch) and the TE quantizers' `qgemm` (`quartet_te.te`) both call
+these functions, so a TE module under our recipe and a `QuartetLinear` with the same name and
+seed produce the same bits. The operands:
 - `ForwardOperand`: a quantized input x̂ (M×K) or weight Ŵ (N×K), quantized along K. It is what
   the forward GEMM consumes and what TE saves for the backward (packed FP4 + scales only).
 - `GradOperand`: the gradient e = ∂L/∂y (M×N) in high precision plus this backward call's
   randomness (one `BackwardDraw` per layer and step); each backward GEMM quantizes its own view
   of it (e along N for dgrad, eᵀ along M for wgrad) when it runs.
 
-`fprop`, `dgrad` and `wgrad` implement spec §4 (Quartet II) and §5 (NVIDIA's baseline) exactly
-as `quartet_te.linear` does, call for call and stream for stream, so a TE module under our recipe
-and a `QuartetLinear` with the same name and seed produce the same bits. Two differences, both
-exact: a token count M that is not a multiple of 128 and an N that is not a multiple of 128 are
-zero-padded along the rotated inner dimension (zeros change no product) instead of rejected.
+`fprop`, `dgrad` and `wgrad` implement spec §4 (Quartet II) and §5 (NVIDIA's baseline). A token
+count M and an output dim N that are not multiples of 128 are zero-padded along the rotated
+inner dimension (zeros change no product).
 """
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import ops
-from ..recipes import NVFP4Recipe, Quartet2Recipe, Recipe
-from ..reference.hadamard import hadamard_unrotate
-from ..rotation import BackwardDraw, Operand, RotationState
-from ..telemetry import target
-from ..tensor import NVFP4Tensor
+from . import ops
+from .recipes import NVFP4Recipe, Quartet2Recipe, Recipe
+from .reference.hadamard import hadamard_unrotate
+from .rotation import BackwardDraw, Operand, RotationState
+from .telemetry import target
+from .tensor import NVFP4Tensor
 
 ROTATION = 128  # the backward's Hadamard size: rotated inner dims are padded to this
 RHT16 = 16  # NVIDIA's wgrad Hadamard size

@@ -8,7 +8,7 @@ import torch
 
 from quartet_te import NVFP4Recipe, Quartet2Recipe, RotationState, quartet_linear
 from quartet_te.rotation import layer_seed
-from quartet_te.te import operands as O
+from quartet_te import gemms as O
 
 RECIPES = [
     pytest.param(Quartet2Recipe(), id="quartet2"),
