@@ -107,10 +107,12 @@ def quartet_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, recipe: Recipe, rotation: RotationState
 ) -> torch.Tensor:
     """Functional linear under `recipe` (Quartet II or the NVFP4 baseline)."""
-    if x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"input has {x.shape[-1]} features but weight is {tuple(weight.shape)}")
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"input has {x.shape[-1]} features but weight is {tuple(weight.shape)}")
+    if x.device != weight.device:
+        raise ValueError(f"input is on {x.device} but weight is on {weight.device}")
     check_shapes(recipe, weight.shape[1], weight.shape[0])
     return _LinearFn.apply(x, weight, bias, recipe, rotation)
 

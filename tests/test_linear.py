@@ -159,6 +159,11 @@ def test_bad_shapes_name_the_layer():
         qt.QuartetLinear(144, 128, recipe="quartet2-rot")
     with pytest.raises(ValueError, match="unknown recipe"):
         qt.QuartetLinear(128, 128, recipe="fp3")
+    layer = qt.QuartetLinear(128, 128)
+    with pytest.raises(ValueError, match="input has 64 features"):
+        layer(torch.randn(4, 64))
+    with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
+        layer(torch.ones(4, 128, dtype=torch.int64))
 
 
 def test_autocast_output_dtype_and_3d_input():
