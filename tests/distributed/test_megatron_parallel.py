@@ -138,3 +138,21 @@ def test_tp_ranks_share_rotation_state(runs):
     assert extra[0] == extra[1]
     assert {v["step"] for v in extra[0].values()} == {3 * 2}  # 3 iterations x 2 micro-batches
     assert len({v["seed"] for v in extra[0].values()}) == 8
+
+
+def test_driver_trains_on_a_built_corpus(tmp_path):
+    """--data-path: the driver reads uint16 shards built by `quartet_te.corpus` (issue 7's data)."""
+    from quartet_te import corpus
+
+    src_root = tmp_path / "src"
+    src_root.mkdir()
+    for i in range(20):
+        (src_root / f"d{i}.txt").write_text(f"Document {i}: the quick brown fox jumps over the lazy dog. " * 150)
+    reader = corpus._read_files("synthetic", "pip:none", src_root, ["*.txt"])
+    source = corpus.Source("synthetic", "pip:none", "test", "synthetic documents", reader)
+    root = tmp_path / "corpus"
+    corpus.build(root, (source,), log=lambda m: None, val_permille=200)
+    recs = _spawn(1, [("corpus_q2", [*Q2, "--train-iters", "2", "--data-path", str(root)])], tmp_path)["corpus_q2"]
+    assert [r["iteration"] for r in recs] == [1, 2]
+    losses = _losses(recs)
+    assert all(0 < x < 7 for x in losses), losses  # byte vocab: ln 256 = 5.5 at the start
