@@ -22,6 +22,7 @@ PACKAGES = [
     "quartet_te.te",
     "quartet_te.bench",
     "quartet_te.models",
+    "quartet_te.corpus",
     "quartet_te.recipes",
     "quartet_te.integration",
     "quartet_te.integration.megatron",

@@ -28,7 +28,7 @@ def _sources(tmp_path: Path) -> tuple[Source, ...]:
         for fname, text in files.items():
             (root / fname).write_text(text, "utf-8")
         out.append(Source(name, f"pip:{name}-not-a-package", "test", f"synthetic {name}",
-                          corpus._read_files(name, f"pip:{name}-not-a-package", root, ["*.txt"])))
+                          corpus.read_files(name, f"pip:{name}-not-a-package", root, ["*.txt"])))
     return tuple(out)
 
 
@@ -108,7 +108,7 @@ def test_deterministic(tmp_path: Path) -> None:
 
 def test_missing_source_is_named(tmp_path: Path) -> None:
     gone = Source("gone", "apt:no-such-package", "-", "-",
-                  corpus._read_files("gone", "apt:no-such-package", tmp_path / "nope", ["*.txt"]))
+                  corpus.read_files("gone", "apt:no-such-package", tmp_path / "nope", ["*.txt"]))
     with pytest.raises(FileNotFoundError, match="apt-get install no-such-package"):
         corpus.build(tmp_path / "o", (gone,), skip_missing=False, log=lambda m: None)
     root = tmp_path / "o2"

@@ -148,7 +148,7 @@ def test_driver_trains_on_a_built_corpus(tmp_path):
     src_root.mkdir()
     for i in range(20):
         (src_root / f"d{i}.txt").write_text(f"Document {i}: the quick brown fox jumps over the lazy dog. " * 150)
-    reader = corpus._read_files("synthetic", "pip:none", src_root, ["*.txt"])
+    reader = corpus.read_files("synthetic", "pip:none", src_root, ["*.txt"])
     source = corpus.Source("synthetic", "pip:none", "test", "synthetic documents", reader)
     root = tmp_path / "corpus"
     corpus.build(root, (source,), log=lambda m: None, val_permille=200)
