@@ -1,6 +1,7 @@
-"""CPU tests of the TE path's numerics (`quartet_te.te.operands`, no TE needed): the three
-GEMMs built from operands must equal `quartet_te.quartet_linear` bit for bit (same ops, same
-randomness), including the zero-padding of token counts and inner dims."""
+"""`quartet_te.gemms`, the recipes' three GEMMs that both `QuartetLinear` and the TE `qgemm` run
+(no TE needed): called directly, as the TE path calls them, they must equal the autograd wrapper
+`quartet_te.quartet_linear` bit for bit (same streams, dtypes and reshapes), including the
+zero-padding of token counts and inner dims."""
 from __future__ import annotations
 
 import pytest

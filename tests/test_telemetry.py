@@ -1,5 +1,5 @@
 """Quantization telemetry (`quartet_te.telemetry`): sampling, metric values, CSV, and no effect
-on the training numerics. CPU only; the TE operands path is checked through `te.operands`."""
+on the training numerics. CPU only; the shared GEMMs (`quartet_te.gemms`) are what the TE path runs."""
 from __future__ import annotations
 
 import copy
@@ -211,7 +211,7 @@ def test_tensorboard_missing_is_a_clear_import_error(monkeypatch, tmp_path):
 @pytest.mark.parametrize("recipe", [qt.Quartet2Recipe(), qt.Quartet2Recipe(forward_rotation=True), qt.NVFP4Recipe()],
                          ids=["quartet2", "quartet2_rot", "nvfp4"])
 def test_te_operands_hooks_match_quartet_linear(recipe):
-    """The TE path's hooks (`te.operands` with `record`) measure what QuartetLinear measures."""
+    """The TE path's hooks (`quartet_te.gemms` with `record`) measure what QuartetLinear measures."""
     g = torch.Generator().manual_seed(5)
     x, w, e = torch.randn(256, 128, generator=g), torch.randn(128, 128, generator=g) / 12, torch.randn(256, 128, generator=g)
     lin = qt.QuartetLinear(128, 128, bias=False, recipe=recipe, name="l")
