@@ -18,7 +18,6 @@ implementations, so they trace under `torch.compile`.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Optional
 
 import torch
@@ -293,13 +292,9 @@ def _check_qdim(mode: str, qdim: int, what: str) -> None:
 
 
 def _check_x(x: torch.Tensor, what: str = "x") -> None:
+    """The reference's shape/dtype checks plus the kernels' own (CUDA, extension available)."""
     _require(x, what)
-    if x.dim() != 2:
-        raise ValueError(f"{what} must be 2-D (rows, cols), got shape {tuple(x.shape)}")
-    if x.dtype not in _INPUT_DTYPES:
-        raise ValueError(f"{what} must be float32, bfloat16 or float16, got {x.dtype}")
-    if x.shape[1] % F.BLOCK:
-        raise ValueError(f"{what}: dim 1 ({x.shape[1]}) is not a multiple of {F.BLOCK}")
+    check_input(x, what)
 
 
 def quantize(
