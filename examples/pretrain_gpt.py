@@ -548,16 +548,19 @@ def train(args: argparse.Namespace) -> list[dict]:
         rec = {"iteration": iteration, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
                "grad_norm": None if grad_norm is None else float(grad_norm),
                "iter_ms": 1e3 * dt, "tokens_per_s": tokens_per_iter / dt, "skipped": not ok}
+        if torch.cuda.is_available():  # peak since the start: weights, optimizer, activations
+            rec["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         last = iteration == args.train_iters
         if (args.eval_interval and iteration % args.eval_interval == 0) or last:
             rec["val_loss"] = evaluate(args, model, val, forward_backward)
         records.append(rec)
         if rank0 and (iteration % args.log_interval == 0 or last):
             val_txt = f" | val loss: {rec['val_loss']:.4f}" if "val_loss" in rec else ""
+            mem_txt = f" | peak mem (GiB): {rec['peak_mem_gib']:.2f}" if "peak_mem_gib" in rec else ""
             print(f" iteration {iteration:6d}/{args.train_iters} | elapsed time per iteration (ms): "
                   f"{rec['iter_ms']:.1f} | tokens/s: {rec['tokens_per_s']:.0f} | learning rate: "
                   f"{rec['lr']:.3e} | lm loss: {loss:.4f} | grad norm: {rec['grad_norm'] or 0:.3f}"
-                  f"{val_txt}", flush=True)
+                  f"{mem_txt}{val_txt}", flush=True)
         if log:
             log.write(json.dumps(rec) + "\n")
             log.flush()

@@ -8,6 +8,8 @@ ship, so it builds without any hub download. See ``docs/corpus.md`` for provenan
     python -m quartet_te.corpus build --out data_cache/corpus-byte
     python -m quartet_te.corpus build --out data_cache/corpus-bpe --tokenizer bpe --vocab 8192
     python -m quartet_te.corpus verify data_cache/corpus-byte
+    python -m quartet_te.corpus pack data_cache/corpus-byte .corpus-pack   # ~31 MB, to carry
+    python -m quartet_te.corpus unpack .corpus-pack /tmp/corpus-byte       # on the GPU machine
 
 Output: ``train_00000.bin ...`` and ``val_00000.bin ...`` (raw little-endian uint16 tokens, each
 file at most ``--shard-mib`` MiB, so they travel in parts like the GPU stack), ``manifest.json``
@@ -33,6 +35,7 @@ from .shards import (
     verify,
     vocab_size,
 )
+from .pack import pack, unpack
 from .sources import DEFAULT_SOURCES, Document, Source, clean_text, html_to_text, read_files
 
 __all__ = [
@@ -54,4 +57,6 @@ __all__ = [
     "vocab_size",
     "corpus_description",
     "decode_bytes",
+    "pack",
+    "unpack",
 ]

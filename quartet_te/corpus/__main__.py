@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+from .pack import pack, unpack
 from .shards import SHARD_MIB, build, verify
 from .sources import DEFAULT_SOURCES
 
@@ -27,7 +28,23 @@ def _main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("list", help="show the sources and whether they are installed")
     v = sub.add_parser("verify", help="check a built corpus's shards against manifest.json")
     v.add_argument("dir", type=Path)
+    pk = sub.add_parser("pack", help="narrow + xz-compress a built corpus to carry it (unpack restores it)")
+    pk.add_argument("src", type=Path)
+    pk.add_argument("out", type=Path)
+    pk.add_argument("--preset", type=int, default=6, help="xz preset (0-9)")
+    pk.add_argument("--workers", type=int, default=2)
+    up = sub.add_parser("unpack", help="rebuild and verify the shards of a packed corpus")
+    up.add_argument("packed", type=Path)
+    up.add_argument("out", type=Path)
     args = p.parse_args(argv)
+    if args.cmd == "pack":
+        index = pack(args.src, args.out, preset=args.preset, workers=args.workers)
+        total = sum(part["bytes"] for part in index["parts"])
+        print(f"{args.out}: {len(index['parts'])} parts, {total / 2**20:.1f} MiB ({index['dtype']}, {index['codec']})")
+        return 0
+    if args.cmd == "unpack":
+        print(f"{unpack(args.packed, args.out)}: all shards match manifest.json")
+        return 0
     if args.cmd == "list":
         for s in DEFAULT_SOURCES:
             ver = s.version()
