@@ -10,31 +10,36 @@
 #
 # A run is a recipe name (bf16, or an --fp4-recipe: quartet2, quartet2-rot, nvfp4-sr, …),
 # optionally with a seed suffix (quartet2@s2 = seed 1235: same data order shift for every recipe).
-# Extra driver flags for every run: $EVIDENCE_FLAGS. Results: /tmp/evidence/<run>.{jsonl,log}.
+# Extra driver flags for every run: $EVIDENCE_FLAGS; $CONFIG, $CORPUS and $EVIDENCE_DIR override the
+# config, the corpus and the results folder (default /tmp/evidence/<run>.{jsonl,log}).
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-[ -e quartet_te/recipes ] || ln -s ../recipes quartet_te/recipes
-[ -e quartet_te/integration ] || ln -s ../integration quartet_te/integration
+PY=${PYTHON:-python3}
+# Without an install (the GPU image has no package index), map recipes/ and integration/ in.
+if ! $PY -c 'import quartet_te.recipes, quartet_te.integration' 2>/dev/null; then
+  [ -e quartet_te/recipes ] || ln -s ../recipes quartet_te/recipes
+  [ -e quartet_te/integration ] || ln -s ../integration quartet_te/integration
+fi
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-EV=/tmp/evidence; mkdir -p "$EV"
+EV=${EVIDENCE_DIR:-/tmp/evidence}; mkdir -p "$EV"
 CORPUS=${CORPUS:-/tmp/corpus-byte}
 CONFIG=${CONFIG:-examples/configs/llama-30m-evidence.args}
 
 setup() {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python -c "import transformer_engine as t, megatron.core as m, torch; print('TE', t.__version__, \
+  $PY -c "import transformer_engine as t, megatron.core as m, torch; print('TE', t.__version__, \
 'megatron-core', m.__version__, 'torch', torch.__version__)" || { echo "TE stack missing"; exit 1; }
   if ! ls quartet_te/_C*.so >/dev/null 2>&1; then
     start=$(date +%s)
     MAX_JOBS=16 QUARTET_TE_CUDA_ARCHS=90a QUARTET_TE_FORCE_CUDA=1 timeout 300 \
-      python setup.py build_ext --inplace >"$EV/build.log" 2>&1 || { tail -30 "$EV/build.log"; exit 1; }
+      $PY setup.py build_ext --inplace >"$EV/build.log" 2>&1 || { tail -30 "$EV/build.log"; exit 1; }
     echo "built quartet_te._C in $(( $(date +%s) - start )) s"
   fi
-  python -c 'import quartet_te.kernels as K; print("kernels:", K.is_available(return_reason=True))'
+  $PY -c 'import quartet_te.kernels as K; print("kernels:", K.is_available(return_reason=True))'
   if [ ! -f "$CORPUS/manifest.json" ]; then
-    python -m quartet_te.corpus unpack .corpus-pack "$CORPUS" || exit 1
+    $PY -m quartet_te.corpus unpack .corpus-pack "$CORPUS" || exit 1
   fi
 }
 
@@ -51,7 +56,7 @@ start() {
       cat <<EOF
 if [ ! -e $EV/$run.done ]; then
   echo "\$(date -u +%T) start $run"
-  python -m torch.distributed.run --nproc-per-node 1 --master-port 29$(( RANDOM % 400 + 100 )) \
+  $PY -m torch.distributed.run --nproc-per-node 1 --master-port 29$(( RANDOM % 400 + 100 )) \
     examples/pretrain_gpt.py @$CONFIG --data-path $CORPUS $flags ${EVIDENCE_FLAGS:-} \
     --loss-log $EV/$run.jsonl > $EV/$run.log 2>&1 && touch $EV/$run.done || touch $EV/$run.failed
   echo "\$(date -u +%T) end $run"

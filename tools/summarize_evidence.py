@@ -111,7 +111,8 @@ def format_markdown(rows: list[dict], baseline: str, reference: str | None = Non
         notes.append(f"¹ no {baseline} run of this seed: gap to {baseline} seed 1.")
     if any(r["val_iter"] != r["iterations"] for r in rows):
         notes.append("@N: the run's last validation was at iteration N; its gap is to the baseline there.")
-    notes.append(f"tokens/s: median over iterations after the first {WARMUP}; time: ratio of median iteration times.")
+    notes.append(f"tokens/s: median over iterations after the first {WARMUP}; time: ratio of median iteration times "
+                 f"against the same-seed {baseline} run (meaningful only if both ran on the same GPU).")
     out += [""] + notes
     if reference:
         out += ["", f"Gap ratio = (gap to {baseline}) / ({reference}'s gap to {baseline}), same seed, same iteration"
