@@ -22,13 +22,35 @@ import torch
 
 from . import ops
 from .recipes import NVFP4Recipe, Quartet2Recipe, Recipe
-from .reference.hadamard import hadamard_unrotate
+from .reference.formats import INV_SQRT
+from .reference.hadamard import check_signs, hadamard_matrix
 from .rotation import BackwardDraw, Operand, RotationState
 from .telemetry import target
 from .tensor import NVFP4Tensor
 
 ROTATION = 128  # the backward's Hadamard size: rotated inner dims are padded to this
 RHT16 = 16  # NVIDIA's wgrad Hadamard size
+
+_HADAMARD: dict[tuple[int, str], torch.Tensor] = {}  # Sylvester matrices, per (size, device)
+
+
+def unrotate(y: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """Undo the forward rotation on a GEMM result: each n-chunk of the last dim times
+    H/√n·diag(signs), as one FP32 GEMM against an n×n matrix.
+
+    Same math as `reference.hadamard_unrotate`, whose butterfly takes ~20 elementwise passes over
+    the M×K FP32 tensor (the main cost of `forward_rotation` on a GPU). This is an output transform,
+    not quantization: results equal the butterfly's to FP32 rounding (the summation order differs),
+    and under a global TF32 setting for FP32 matmuls they carry TF32 rounding (~1e-3 relative),
+    far below the FP4 gradient noise (~1e-1 relative).
+    """
+    n = check_signs(signs)
+    key = (n, str(y.device))
+    if key not in _HADAMARD:
+        _HADAMARD[key] = hadamard_matrix(n, y.device)
+    m = _HADAMARD[key] * (signs.to(device=y.device, dtype=torch.float32) * INV_SQRT[n])
+    yf = y.float()
+    return (yf.reshape(-1, n) @ m).reshape(yf.shape)
 
 
 def round_up(n: int, m: int) -> int:
@@ -90,7 +112,7 @@ class ForwardOperand:
             raise RuntimeError(f"{self.kind} operand holds no data to dequantize")
         out = self.fp4.dequantize()[: self.rows]
         if self.fwd_signs is not None:
-            out = hadamard_unrotate(out, self.fwd_signs)
+            out = unrotate(out, self.fwd_signs)
         return out.to(dtype)
 
 
@@ -227,7 +249,7 @@ def dgrad(
                 record("dgrad", (eq, target(pad_cols(e, n), d.signs)), (wtq, target(w_deq, d.signs, True)),
                        dx, e.float() @ w_deq[: w.rows])
         if w.fwd_signs is not None:
-            dx = hadamard_unrotate(dx, w.fwd_signs)
+            dx = unrotate(dx, w.fwd_signs)
         return dx.to(out_dtype)
     if w.colwise is None:  # Ŵᵀ: exact for 16×16 blocks, else RTN re-quantization along N
         if w.fp4.mode == "rtn_2d":
@@ -277,7 +299,7 @@ def wgrad(
                 record("wgrad", (etq, target(pad_rows(e, m), d.signs, True)), (xtq, target(x_deq, d.signs, True)),
                        dw, e.float().t() @ x_deq[: e.shape[0]])
         if x.fwd_signs is not None:
-            dw = hadamard_unrotate(dw, x.fwd_signs)
+            dw = unrotate(dw, x.fwd_signs)
         return dw.to(out_dtype)
     mode, seed = _grad_mode(recipe, g.draw)
     etq = ops.quantize(

@@ -108,3 +108,21 @@ def test_dgrad_rejects_mismatched_gradient(gen):
     go = O.make_grad(torch.randn(16, 256, generator=gen), recipe, RotationState(0))
     with pytest.raises(ValueError, match="does not match the saved weight"):
         O.dgrad(go, wo, recipe, torch.float32)
+
+
+@pytest.mark.parametrize("n", [16, 128])
+def test_unrotate_is_the_reference_inverse_rotation(n, gen):
+    """The GEMM form of the forward rotation's inverse equals the reference butterfly to FP32
+    rounding, and undoes `hadamard_rotate` (values up to ~1e2, errors ~1e-6 relative)."""
+    from quartet_te.reference import hadamard_rotate, hadamard_unrotate, random_signs
+
+    signs = random_signs(n, 7, 3)
+    y = torch.randn(3, 40, 2 * n, generator=gen) * torch.logspace(-2, 2, 2 * n)
+    ours, ref = O.unrotate(y, signs), hadamard_unrotate(y, signs)
+    assert ours.dtype == torch.float32 and ours.shape == y.shape
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5 * float(y.abs().max()))
+    torch.testing.assert_close(O.unrotate(hadamard_rotate(y, signs), signs), y, rtol=1e-4,
+                               atol=1e-5 * float(y.abs().max()))
+    assert not torch.equal(O.unrotate(y, -signs), ours)  # the signs matter
+    with pytest.raises(ValueError, match="signs"):
+        O.unrotate(y, torch.ones(32))
