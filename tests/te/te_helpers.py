@@ -1,6 +1,8 @@
 """Shared helpers for the Transformer Engine tests: skip markers, fresh recipes, SQNR."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -32,3 +34,19 @@ def sqnr_db(ref: torch.Tensor, test: torch.Tensor) -> float:
     ref, test = ref.float(), test.float()
     noise = (ref - test).pow(2).sum().clamp_min(1e-30)
     return float(10 * torch.log10(ref.pow(2).sum() / noise))
+
+
+def train_step(module, x, g, recipe=None, checkpoint=False):
+    """One forward (under `te.autocast(recipe)` unless `recipe` is None, optionally through TE's
+    activation checkpointing) and backward of `g`; returns (y, ∂L/∂x, {param name: grad}) and
+    clears the module's gradients."""
+    import transformer_engine.pytorch as te
+
+    x = x.clone().requires_grad_(True)
+    ctx = contextlib.nullcontext() if recipe is None else te.autocast(enabled=True, recipe=recipe)
+    with ctx:
+        y = te.distributed.checkpoint(module, x) if checkpoint else module(x)
+    y.backward(g)
+    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    module.zero_grad(set_to_none=True)
+    return y.detach(), x.grad, grads

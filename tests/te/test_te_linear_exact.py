@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from quartet_te import NVFP4Recipe, Quartet2Recipe, QuartetLinear
-from te_helpers import fresh_recipe, needs_te_gpu
+from te_helpers import fresh_recipe, needs_te_gpu, train_step
 
 pytestmark = needs_te_gpu
 
@@ -44,18 +44,9 @@ def _pair(recipe, k, n, bias, name="blk.proj"):
 
 
 def _step(module, x, g, recipe=None, bias=False):
-    import transformer_engine.pytorch as te
-
-    x = x.clone().requires_grad_(True)
-    if recipe is None:
-        y = module(x)
-    else:
-        with te.autocast(enabled=True, recipe=recipe):
-            y = module(x)
-    y.backward(g)
-    out = (y.detach(), x.grad, module.weight.grad.clone(), module.bias.grad.clone() if bias else None)
-    module.zero_grad(set_to_none=True)
-    return out
+    """(y, ∂L/∂x, ∂L/∂W, ∂L/∂b or None) of one step."""
+    y, dx, grads = train_step(module, x, g, recipe)
+    return y, dx, grads["weight"], grads["bias"] if bias else None
 
 
 @pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "bias"])

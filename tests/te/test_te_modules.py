@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from quartet_te import NVFP4Recipe, Quartet2Recipe, QuartetLinear
-from te_helpers import fresh_recipe, needs_te_gpu, sqnr_db
+from te_helpers import fresh_recipe, needs_te_gpu, sqnr_db, train_step
 
 pytestmark = needs_te_gpu
 
@@ -57,17 +57,6 @@ def _twins(kind: str, bias: bool):
     return a, b
 
 
-def _run(module, x, g, recipe=None, checkpoint=False):
-    te = _te()
-    x = x.clone().requires_grad_(True)
-    with te.autocast(enabled=recipe is not None, recipe=recipe):
-        y = te.distributed.checkpoint(module, x) if checkpoint else module(x)
-    y.backward(g)
-    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
-    module.zero_grad(set_to_none=True)
-    return y.detach(), x.grad, grads
-
-
 def _inputs():
     gen = torch.Generator(device="cuda").manual_seed(3)
     x = torch.randn(SEQ, BATCH, HIDDEN, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -82,8 +71,8 @@ def test_module_close_to_bf16(kind, recipe, bias):
     x, gen = _inputs()
     out_features = FFN if kind == "LayerNormLinear" else HIDDEN
     g = torch.randn(SEQ, BATCH, out_features, device="cuda", dtype=torch.bfloat16, generator=gen)
-    y_hp, dx_hp, g_hp = _run(a, x, g)
-    y_q, dx_q, g_q = _run(b, x, g, fresh_recipe(recipe))
+    y_hp, dx_hp, g_hp = train_step(a, x, g)
+    y_q, dx_q, g_q = train_step(b, x, g, fresh_recipe(recipe))
     assert torch.isfinite(y_q).all() and torch.isfinite(dx_q).all()
     report = {"out": sqnr_db(y_hp, y_q), "dx": sqnr_db(dx_hp, dx_q)}
     assert set(g_q) == set(g_hp), f"parameters without gradient: {set(g_hp) ^ set(g_q)}"
@@ -148,8 +137,8 @@ def test_recompute_is_exact(recipe):
     a, b = _twins("LayerNormMLP", True)
     x, gen = _inputs()
     g = torch.randn(SEQ, BATCH, HIDDEN, device="cuda", dtype=torch.bfloat16, generator=gen)
-    y_a, dx_a, g_a = _run(a, x, g, fresh_recipe(recipe))
-    y_b, dx_b, g_b = _run(b, x, g, fresh_recipe(recipe), checkpoint=True)
+    y_a, dx_a, g_a = train_step(a, x, g, fresh_recipe(recipe))
+    y_b, dx_b, g_b = train_step(b, x, g, fresh_recipe(recipe), checkpoint=True)
     assert torch.equal(y_a, y_b) and torch.equal(dx_a, dx_b)
     for name in g_a:
         assert torch.equal(g_a[name], g_b[name]), name
@@ -159,8 +148,8 @@ def test_recompute_transformer_layer_runs():
     a, b = _twins("TransformerLayer", True)
     x, gen = _inputs()
     g = torch.randn(SEQ, BATCH, HIDDEN, device="cuda", dtype=torch.bfloat16, generator=gen)
-    y_a, dx_a, _ = _run(a, x, g, fresh_recipe())
-    y_b, dx_b, g_b = _run(b, x, g, fresh_recipe(), checkpoint=True)
+    y_a, dx_a, _ = train_step(a, x, g, fresh_recipe())
+    y_b, dx_b, g_b = train_step(b, x, g, fresh_recipe(), checkpoint=True)
     assert torch.equal(y_a, y_b)
     assert sqnr_db(dx_a, dx_b) > 10 and all(torch.isfinite(t).all() for t in g_b.values())
 
@@ -175,7 +164,7 @@ def test_state_dict_and_rotation_resume_exactly():
     x, gen = _inputs()
     g = torch.randn(SEQ, BATCH, HIDDEN, device="cuda", dtype=torch.bfloat16, generator=gen)
     rec_a = fresh_recipe()
-    _run(a, x, g, rec_a)  # step 0
+    train_step(a, x, g, rec_a)  # step 0
     buf = io.BytesIO()
     torch.save({"model": a.state_dict(), "rotation": qte.rotation_state_dict(a)}, buf)
     buf.seek(0)
@@ -188,8 +177,8 @@ def test_state_dict_and_rotation_resume_exactly():
     with torch.no_grad(), te.autocast(recipe=rec_b):
         b(x)  # builds the quantizers
     qte.load_rotation_state_dict(b, ckpt["rotation"])
-    y_a, dx_a, g_a = _run(a, x, g, rec_a)  # step 1 of the original
-    y_b, dx_b, g_b = _run(b, x, g, rec_b)  # step 1 of the resumed copy
+    y_a, dx_a, g_a = train_step(a, x, g, rec_a)  # step 1 of the original
+    y_b, dx_b, g_b = train_step(b, x, g, rec_b)  # step 1 of the resumed copy
     assert torch.equal(y_a, y_b) and torch.equal(dx_a, dx_b)
     for name in g_a:
         assert torch.equal(g_a[name], g_b[name]), name
@@ -199,7 +188,7 @@ def test_transformer_layer_state_dict_roundtrip():
     a, b = _twins("TransformerLayer", False)
     x, gen = _inputs()
     g = torch.randn(SEQ, BATCH, HIDDEN, device="cuda", dtype=torch.bfloat16, generator=gen)
-    _run(a, x, g, fresh_recipe())
+    train_step(a, x, g, fresh_recipe())
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)

@@ -13,7 +13,7 @@ import torch
 
 from quartet_te import NVFP4Recipe, Quartet2Recipe, QuartetLinear
 from quartet_te.telemetry import Telemetry
-from te_helpers import fresh_recipe, needs_te_gpu
+from te_helpers import fresh_recipe, needs_te_gpu, train_step
 
 pytestmark = needs_te_gpu
 
@@ -28,18 +28,9 @@ METRICS = ("err_a", "err_b", "err_out", "cos_out")
 
 
 def _run(module, x, g, recipe=None):
-    import transformer_engine.pytorch as te
-
-    x = x.clone().requires_grad_(True)
-    if recipe is None:
-        y = module(x)
-    else:
-        with te.autocast(enabled=True, recipe=recipe):
-            y = module(x)
-    y.backward(g)
-    grads = [x.grad] + [p.grad.clone() for p in module.parameters()]
-    module.zero_grad(set_to_none=True)
-    return grads
+    """[∂L/∂x, then every parameter's gradient] of one step."""
+    _, dx, grads = train_step(module, x, g, recipe)
+    return [dx, *grads.values()]
 
 
 def _warm(module, x, recipe):
