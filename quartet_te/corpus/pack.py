@@ -30,7 +30,7 @@ def _narrow_dtype(vocab_size: int) -> str:
 def _compress_one(job: tuple[str, str, str, int]) -> int:
     src, dst, dtype, preset = job
     tokens = np.fromfile(src, dtype="<u2")
-    if tokens.size and int(tokens.max()) >= np.iinfo(np.dtype(dtype)).max + 1:
+    if tokens.size and int(tokens.max()) > np.iinfo(dtype).max:
         raise ValueError(f"{src}: token {int(tokens.max())} does not fit {dtype}")
     Path(dst).write_bytes(lzma.compress(tokens.astype(dtype).tobytes(), preset=preset))
     return Path(dst).stat().st_size
