@@ -32,36 +32,51 @@ void check_cuda(const Tensor& t, const Tensor& like, const char* name) {
 }
 
 uint8_t* u8(const optional<Tensor>& t) { return t ? static_cast<uint8_t*>(t->data_ptr()) : nullptr; }
+uint16_t* u16(const optional<Tensor>& t) { return t ? static_cast<uint16_t*>(t->data_ptr()) : nullptr; }
 float* f32(const optional<Tensor>& t) { return t ? t->data_ptr<float>() : nullptr; }
 
-// f = {D, M, M4, rot_scale}; mode < 0 disables the direction.
-quartet::DirSpec dir_spec(const Tensor& like, int64_t mode, const std::vector<double>& f,
-                          const optional<Tensor>& signs, int64_t seed, int64_t offset, const optional<Tensor>& amax,
+// f = {D, M, M4, rot_scale}; mode < 0 disables the direction. `signs` absent with a rotation:
+// drawn in the kernel from (seed, sign_offset). `step` (int64, one element): offsets are relative
+// to step * stride. Outputs: packed FP4 (data + scales) and/or the BF16 operand.
+quartet::DirSpec dir_spec(const Tensor& like, int64_t mode, const std::vector<double>& f, int64_t rot_n,
+                          const optional<Tensor>& signs, int64_t seed, int64_t offset, int64_t sign_offset,
+                          const optional<Tensor>& step, int64_t stride, const optional<Tensor>& amax,
                           const optional<Tensor>& data, const optional<Tensor>& scales,
-                          const optional<Tensor>& ts, float* amax_ws) {
+                          const optional<Tensor>& operand, const optional<Tensor>& ts, float* amax_ws) {
   quartet::DirSpec d;
   if (mode < 0) return d;
   QT_HOST_ASSERT(mode <= quartet::kEden, "bad mode " + std::to_string(mode));
   QT_HOST_ASSERT(f.size() == 4, "expected 4 constants");
-  QT_HOST_ASSERT(data && scales && ts, "missing outputs");
-  for (const auto* t : {&*data, &*scales, &*ts}) check_cuda(*t, like, "output");
+  QT_HOST_ASSERT((data || operand) && bool(data) == bool(scales) && ts, "missing outputs");
+  for (const auto* t : {&data, &scales, &operand, &ts})
+    if (*t) check_cuda(**t, like, "output");
   QT_HOST_ASSERT(ts->scalar_type() == at::kFloat, "tensor scale must be float32");
+  QT_HOST_ASSERT(!operand || operand->scalar_type() == at::kBFloat16, "operand must be bfloat16");
+  QT_HOST_ASSERT(rot_n == 0 || rot_n == 16 || rot_n == 128, "rotation must be 0, 16 or 128");
   d.enabled = true;
   d.p.mode = int(mode);
   d.p.D = float(f[0]);
   d.p.M = float(f[1]);
   d.p.M4 = float(f[2]);
   d.p.rot_scale = float(f[3]);
-  d.p.rot_n = 0;
+  d.p.rot_n = int(rot_n);
   d.p.signs = nullptr;
   if (signs) {
     check_cuda(*signs, like, "signs");
-    QT_HOST_ASSERT(signs->scalar_type() == at::kFloat, "signs must be float32");
-    d.p.rot_n = int(signs->numel());
+    QT_HOST_ASSERT(signs->scalar_type() == at::kFloat && signs->numel() == rot_n, "signs: rot_n float32");
     d.p.signs = signs->data_ptr<float>();
   }
   d.p.seed = uint64_t(seed);
   d.p.offset = uint64_t(offset);
+  d.p.sign_offset = uint64_t(sign_offset);
+  d.p.step = nullptr;
+  d.p.step_stride = uint64_t(stride);
+  if (step) {
+    check_cuda(*step, like, "step");
+    QT_HOST_ASSERT(step->scalar_type() == at::kLong && step->numel() == 1, "step must be one int64");
+    QT_HOST_ASSERT(stride > 0, "step without a stride");
+    d.p.step = step->data_ptr<int64_t>();
+  }
   if (amax) {
     check_cuda(*amax, like, "amax");
     QT_HOST_ASSERT(amax->scalar_type() == at::kFloat && amax->numel() == 1, "amax must be one float32");
@@ -69,20 +84,27 @@ quartet::DirSpec dir_spec(const Tensor& like, int64_t mode, const std::vector<do
   }
   d.data = u8(data);
   d.scales = u8(scales);
+  d.operand = u16(operand);
   d.tensor_scale = f32(ts);
   d.amax_ws = amax_ws;
   return d;
 }
 
 // x: (R, C) float/bf16/fp16, or packed FP4 (R, C/2) uint8 with x_scales (R, C/16) and x_ts.
+// One direction's arguments, in order: mode, consts, rot_n, signs, seed, offset, sign_offset, step,
+// stride, amax, data, scales, operand, tensor_scale.
+#define QT_DIR_ARGS(p)                                                                             \
+  int64_t p##_mode, const std::vector<double>&p##_f, int64_t p##_rot, const optional<Tensor>&p##_signs, \
+      int64_t p##_seed, int64_t p##_offset, int64_t p##_soff, const optional<Tensor>&p##_step,          \
+      int64_t p##_stride, const optional<Tensor>&p##_amax, const optional<Tensor>&p##_data,             \
+      const optional<Tensor>&p##_scales, const optional<Tensor>&p##_operand, const optional<Tensor>&p##_ts
+#define QT_DIR_SPEC(p, ws)                                                                                 \
+  dir_spec(x, p##_mode, p##_f, p##_rot, p##_signs, p##_seed, p##_offset, p##_soff, p##_step, p##_stride,   \
+           p##_amax, p##_data, p##_scales, p##_operand, p##_ts, ws)
+
+// x: (R, C) float/bf16/fp16, or packed FP4 (R, C/2) uint8 with x_scales (R, C/16) and x_ts.
 void quantize(const Tensor& x, const optional<Tensor>& x_scales, const optional<Tensor>& x_ts, int64_t R,
-              int64_t C, int64_t row_mode, const std::vector<double>& row_f, const optional<Tensor>& row_signs,
-              int64_t row_seed, int64_t row_offset, const optional<Tensor>& row_amax,
-              const optional<Tensor>& row_data, const optional<Tensor>& row_scales,
-              const optional<Tensor>& row_ts, int64_t col_mode, const std::vector<double>& col_f,
-              const optional<Tensor>& col_signs, int64_t col_seed, int64_t col_offset,
-              const optional<Tensor>& col_amax, const optional<Tensor>& col_data,
-              const optional<Tensor>& col_scales, const optional<Tensor>& col_ts, const Tensor& workspace) {
+              int64_t C, QT_DIR_ARGS(row), QT_DIR_ARGS(col), const Tensor& workspace) {
   check_cuda(x, x, "x");
   check_cuda(workspace, x, "workspace");
   QT_HOST_ASSERT(workspace.scalar_type() == at::kFloat && workspace.numel() >= 2, "workspace: 2 float32");
@@ -105,9 +127,8 @@ void quantize(const Tensor& x, const optional<Tensor>& x_scales, const optional<
   }
   QT_HOST_ASSERT(reinterpret_cast<uintptr_t>(s.x) % 16 == 0, "x must be 16-byte aligned");
   float* ws = workspace.data_ptr<float>();
-  s.row = dir_spec(x, row_mode, row_f, row_signs, row_seed, row_offset, row_amax, row_data, row_scales, row_ts, ws);
-  s.col = dir_spec(x, col_mode, col_f, col_signs, col_seed, col_offset, col_amax, col_data, col_scales, col_ts,
-                   ws + 1);
+  s.row = QT_DIR_SPEC(row, ws);
+  s.col = QT_DIR_SPEC(col, ws + 1);
   quartet::quantize(s, c10::cuda::getCurrentCUDAStream());
 }
 
@@ -138,9 +159,14 @@ void dequantize(const Tensor& data, const Tensor& scales, const Tensor& ts, bool
 
 }  // namespace
 
+// csrc/gemm_lt.cpp
+bool gemm_bf16(const at::Tensor& a, const at::Tensor& b, const at::Tensor& ta, const at::Tensor& tb,
+               const std::optional<at::Tensor>& bias, const at::Tensor& out);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "quartet-te CUDA kernels (NVFP4 quantization, MS-EDEN, re-quantization); see quartet_te/kernels.py";
   m.def("quantize", &quantize, "row-wise and/or column-wise NVFP4 quantization of one input");
   m.def("quantize_2d", &quantize_2d, "16x16-block RTN");
   m.def("dequantize", &dequantize, "decode NVFP4");
+  m.def("gemm_bf16", &gemm_bf16, "alpha * a @ b.T (+ bias) through cuBLASLt, alpha = ta * tb read on the device");
 }

@@ -3,6 +3,8 @@
 //
 // Every arithmetic step follows docs/numerics.md: IEEE float32, round-to-nearest-even, no FMA
 // contraction (explicit __fmul_rn / __fadd_rn / __fsub_rn / __fdiv_rn), no flush-to-zero.
+// Element-wise scaling multiplies by correctly rounded reciprocals (one per tensor, one per
+// block); divisions remain only per tensor, block or 128-chunk.
 #pragma once
 
 #include <cstdint>
@@ -101,45 +103,11 @@ __device__ __forceinline__ float e4m3_to_float(uint8_t bits) {
   return __half2float(__half(h));
 }
 
-// a / b, correctly rounded (bit-identical to __fdiv_rn(a, b)), from y = __frcp_rn(b) computed
-// once per divisor, for b in [2^-30, 2^30]. q0 = a*y is within 1.5 ulp; one remainder step makes
-// it faithful; Markstein's theorem (y = RN(1/b), q faithful, remainder a - b*q exact by FMA)
-// makes the second step round correctly. The FMAs compute exact remainders: this is division,
-// not contraction. |a| in [2^-60, 2^90) keeps quotient and remainders normal; zeros keep their
-// sign through q0; anything else (tiny, huge, inf, NaN) takes the IEEE division.
-__device__ __forceinline__ float div_rn(float a, float b, float y) {
-  const float q0 = __fmul_rn(a, y);
-  const unsigned e = (__float_as_uint(a) >> 23) & 0xffu;
-  if (e - 67u < 150u) {
-    const float q1 = __fmaf_rn(__fmaf_rn(-q0, b, a), y, q0);
-    return __fmaf_rn(__fmaf_rn(-q1, b, a), y, q1);
-  }
-  return a == 0.f ? q0 : __fdiv_rn(a, b);
-}
-
-__device__ __forceinline__ bool recip_ok(float b) { return b >= 0x1p-30f && b <= 0x1p30f; }
-
-// q[k] = a[k] / b for a group of 8 (bit-identical to __fdiv_rn): div_rn's fast path on all 8,
-// then one branch for the whole group to the IEEE division if any nonzero |a| is outside
-// [2^-60, 2^90) or the divisor is out of range (rare: tiny, huge or non-finite values). Zeros
-// take the fast path and get a's sign back (the remainder steps turn -0 into +0). The range
-// test is a min / max over the bit patterns: few ALU-pipe operations (the bound of these kernels).
-__device__ __forceinline__ void div8(const float (&a)[8], float b, float y, bool b_ok, float (&q)[8]) {
-  unsigned lo = 0xffffffffu, hi = 0u;
-#pragma unroll
-  for (int k = 0; k < 8; ++k) {
-    const float q0 = __fmul_rn(a[k], y);
-    const float q1 = __fmaf_rn(__fmaf_rn(-q0, b, a[k]), y, q0);
-    const float q2 = __fmaf_rn(__fmaf_rn(-q1, b, a[k]), y, q1);
-    const unsigned bits = __float_as_uint(a[k]), mag = bits & 0x7fffffffu;
-    lo = min(lo, mag - 1u);  // zero wraps to 0xffffffff: ignored
-    hi = max(hi, mag);
-    q[k] = __uint_as_float(__float_as_uint(q2) | (bits & 0x80000000u));
-  }
-  if (!(b_ok && lo >= 0x21800000u - 1u && hi < 0x6C800000u)) {
-#pragma unroll
-    for (int k = 0; k < 8; ++k) q[k] = __fdiv_rn(a[k], b);
-  }
+// 1 / s correctly rounded, capped at the float32 maximum (a subnormal tensor scale would give
+// inf); NaN stays NaN (the comparison is false). Quantizers multiply by it (docs/numerics.md).
+__device__ __forceinline__ float inv_scale(float s) {
+  const float r = __fdiv_rn(1.f, s);
+  return r > 3.40282346638528859812e+38f ? 3.40282346638528859812e+38f : r;
 }
 
 // Tensor scale s_t = amax / D, with the edge cases of docs/numerics.md.

@@ -97,21 +97,49 @@ __device__ __forceinline__ void vconvert(const Vec<KIND>& r, float st, float (&v
 }
 
 // ------------------------------------------------------------------------------------------
-// Rotation: signs, then the butterfly stages h = 1, 2, 4 (in-thread), 8, 16, 32, 64 (lanes),
-// then one multiply by 1/sqrt(n).
+// Rotation: signs/n, then the butterfly stages h = 1, 2, 4 (in-thread), 8, 16, 32, 64 (lanes),
+// then one multiply by sqrt(n) (= n * float32(1/sqrt(n)) exactly: the bits of scaling an unscaled
+// butterfly by 1/sqrt(n), without its overflow for |x| near the float32 maximum).
 // ------------------------------------------------------------------------------------------
-// The 8 signs of this lane's group: its position in the chunk is lane-constant in every loop
-// below (strides are multiples of 16 groups), so they are loaded once per kernel.
+// The 8 signs of this lane's group, pre-multiplied by 1/n (exact): its position in the chunk is
+// lane-constant in every loop below (strides are multiples of 16 groups), so they are loaded (or
+// drawn) once per kernel. Drawn signs: element i of the chunk is -1 where bit 31 of Philox word i
+// of (seed, sign_offset) is set, as `reference.random_signs`.
 struct Signs {
   float s[8];
 };
 
-__device__ __forceinline__ Signs load_signs(const QuantParams& p, uint32_t lane) {
+__device__ __forceinline__ Signs load_signs(const QuantParams& p, uint64_t sign_offset, uint32_t lane) {
   Signs g;
-  const int pos0 = p.rot_n ? int(lane & uint32_t(p.rot_n / 8 - 1)) * 8 : 0;
+  if (p.rot_n == 0) {
 #pragma unroll
-  for (int k = 0; k < 8; ++k) g.s[k] = p.rot_n ? __ldg(p.signs + pos0 + k) : 1.f;
+    for (int k = 0; k < 8; ++k) g.s[k] = 1.f;
+    return g;
+  }
+  const float inv_n = p.rot_n == 16 ? 0.0625f : 0.0078125f;
+  const int pos0 = int(lane & uint32_t(p.rot_n / 8 - 1)) * 8;
+  if (p.signs != nullptr) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) g.s[k] = __fmul_rn(__ldg(p.signs + pos0 + k), inv_n);
+  } else {
+    const U4 r0 = philox_block(p.seed, sign_offset, uint64_t(pos0 / 4));
+    const U4 r1 = philox_block(p.seed, sign_offset, uint64_t(pos0 / 4 + 1));
+    const uint32_t w[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
+#pragma unroll
+    for (int k = 0; k < 8; ++k) g.s[k] = (w[k] >> 31) ? -inv_n : inv_n;
+  }
   return g;
+}
+
+// The Philox streams of a launch: absolute, or relative to the device step counter.
+struct Streams {
+  uint64_t offset, sign_offset;
+};
+
+__device__ __forceinline__ Streams resolve_streams(const QuantParams& p) {
+  if (p.step == nullptr) return Streams{p.offset, p.sign_offset};
+  const uint64_t base = uint64_t(*p.step) * p.step_stride;
+  return Streams{p.offset + base, p.sign_offset + base};
 }
 
 __device__ __forceinline__ void rotate8(float (&v)[8], const QuantParams& p, const Signs& sg, uint32_t lane) {
@@ -170,45 +198,58 @@ __device__ __forceinline__ void warp_atomic_max(unsigned* acc, unsigned m) {
   if ((threadIdx.x & 31) == 0) atomicMax(acc, m);
 }
 
-// Where a group's codes and its block scale go: group `g` (linear index, in units of 8 elements)
-// of a row-major quantized matrix. Its codes are the 4 bytes at 4g, its block scale is number
-// g/2, its elements have random indices 8g .. 8g+7 (sr) and its block random index g/2 (ms_eden).
+// Where a group's outputs go: group `g` (linear index, in units of 8 elements) of a row-major
+// quantized matrix. Its codes are the 4 bytes at 4g, its block scale is number g/2, its exact
+// BF16 operand values (decode(code) * s_b) the 16 bytes at 16g; its elements have random indices
+// 8g .. 8g+7 (sr) and its block random index g/2 (ms_eden). `data` and `operand` may each be
+// nullptr (uniform per launch).
 struct GroupOut {
   uint8_t* data;
   uint8_t* scales;
+  uint16_t* operand;
   uint64_t g;
   bool active;
 };
 
-// Quantizes the (already rotated) group `v` with tensor scale `st`; all 32 lanes must call it.
-__device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantParams& p, float st, uint32_t lane,
-                                               const GroupOut& o) {
+__device__ __forceinline__ void store_operand(const GroupOut& o, const float (&val)[8]) {
+  uint32_t w[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(val[2 * k], val[2 * k + 1]);  // exact: <= 6 bits
+    w[k] = *reinterpret_cast<const uint32_t*>(&h);
+  }
+  reinterpret_cast<uint4*>(o.operand)[o.g] = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// Quantizes the (already rotated) group `v`, scaled by rt = inv_scale(tensor scale); `offset` is
+// the launch's resolved rounding stream. All 32 lanes must call it.
+__device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantParams& p, float rt, uint64_t offset,
+                                               uint32_t lane, const GroupOut& o) {
   float xs[8];
-  const float yst = __frcp_rn(st);
-  const bool st_ok = recip_ok(st);
-  div8(v, st, yst, st_ok, xs);
+#pragma unroll
+  for (int k = 0; k < 8; ++k) xs[k] = __fmul_rn(v[k], rt);
   float ab = max8abs(xs);
   ab = fmaxf(ab, __shfl_xor_sync(kFull, ab, 1));
 
   uint32_t codes = 0;
   uint8_t sb;
+  float val[8];  // decode(code) * s_b: the exact BF16 operand
   if (p.mode == kFourOverSix) {
     const uint8_t s6 = block_scale_bits(ab, p.M), s4 = block_scale_bits(ab, p.M4);
     const float f6 = e4m3_to_float(s6), f4 = e4m3_to_float(s4);
-    const float y6 = __frcp_rn(f6), y4 = __frcp_rn(f4);  // E4M3 values: always in recip_ok's range
+    const float y6 = __frcp_rn(f6), y4 = __frcp_rn(f4);  // E4M3 values: normal reciprocals
     uint32_t c6 = 0, c4 = 0;
-    float e6[8], e4[8], u6[8], u4[8];
-    div8(xs, f6, y6, true, u6);
-    div8(xs, f4, y4, true, u4);
+    float e6[8], e4[8], d6[8], d4[8];
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      const uint32_t q6 = e2m1_rn(u6[k]), q4 = e2m1_rn(u4[k]);
+      const uint32_t q6 = e2m1_rn(__fmul_rn(xs[k], y6)), q4 = e2m1_rn(__fmul_rn(xs[k], y4));
       c6 |= q6 << (4 * k);
       c4 |= q4 << (4 * k);
-      const float d6 = __fsub_rn(xs[k], __fmul_rn(e2m1_decode(q6), f6));
-      const float d4 = __fsub_rn(xs[k], __fmul_rn(e2m1_decode(q4), f4));
-      e6[k] = __fmul_rn(d6, d6);
-      e4[k] = __fmul_rn(d4, d4);
+      d6[k] = __fmul_rn(e2m1_decode(q6), f6);
+      d4[k] = __fmul_rn(e2m1_decode(q4), f4);
+      const float r6 = __fsub_rn(xs[k], d6[k]), r4 = __fsub_rn(xs[k], d4[k]);
+      e6[k] = __fmul_rn(r6, r6);
+      e4[k] = __fmul_rn(r4, r4);
     }
     float E6 = tree8(e6), E4 = tree8(e4);
     E6 = __fadd_rn(E6, __shfl_xor_sync(kFull, E6, 1));
@@ -216,17 +257,17 @@ __device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantP
     const bool pick4 = E4 < E6;
     codes = pick4 ? c4 : c6;
     sb = pick4 ? s4 : s6;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) val[k] = pick4 ? d4[k] : d6[k];
   } else if (p.mode == kSR) {
     sb = block_scale_bits(ab, p.M);
     const float f = e4m3_to_float(sb), yf = __frcp_rn(f);
     const uint64_t q0 = o.g * 2;  // random indices 8g .. 8g+7 = Philox blocks 2g, 2g+1
-    const U4 r0 = philox_block(p.seed, p.offset, q0), r1 = philox_block(p.seed, p.offset, q0 + 1);
+    const U4 r0 = philox_block(p.seed, offset, q0), r1 = philox_block(p.seed, offset, q0 + 1);
     const uint32_t r[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
-    float us[8];
-    div8(xs, f, yf, true, us);
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      const float u = us[k];
+      const float u = __fmul_rn(xs[k], yf);
       const float a = fminf(fabsf(u), 6.f);
       const int lo_idx = int(a >= 0.5f) + int(a >= 1.f) + int(a >= 1.5f) + int(a >= 2.f) + int(a >= 3.f) +
                          int(a >= 4.f) + int(a >= 6.f);
@@ -236,21 +277,28 @@ __device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantP
       const float inv = lo_idx < 4 ? 2.f : (lo_idx < 6 ? 1.f : 0.5f);
       const float pr = hi == lo ? 0.f : __fmul_rn(__fsub_rn(a, lo), inv);
       const uint32_t mag = uniform24(r[k]) < pr ? uint32_t(hi_idx) : uint32_t(lo_idx);
-      codes |= (mag | (signbit(u) ? 8u : 0u)) << (4 * k);
+      const uint32_t code = mag | (signbit(u) ? 8u : 0u);
+      codes |= code << (4 * k);
+      val[k] = __fmul_rn(e2m1_decode(code), f);
     }
   } else {  // kRTN, kEden
     sb = block_scale_bits(ab, p.M);
     const float f = e4m3_to_float(sb), yf = __frcp_rn(f);
-    float u[8];
-    div8(xs, f, yf, true, u);
+    float u[8], dq[8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) codes |= e2m1_rn(u[k]) << (4 * k);
+    for (int k = 0; k < 8; ++k) {
+      u[k] = __fmul_rn(xs[k], yf);
+      const uint32_t code = e2m1_rn(u[k]);
+      codes |= code << (4 * k);
+      dq[k] = e2m1_decode(code);
+    }
+    float fs = f;
     if (p.mode == kEden) {
       float nn[8], dd[8];
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
         nn[k] = __fmul_rn(u[k], u[k]);
-        dd[k] = __fmul_rn(u[k], e2m1_decode((codes >> (4 * k)) & 0xfu));
+        dd[k] = __fmul_rn(u[k], dq[k]);
       }
       float num = tree8(nn), den = tree8(dd);
 #pragma unroll
@@ -268,12 +316,19 @@ __device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantP
       const uint8_t up = (downf == vs || down >= 0x7e) ? down : uint8_t(down + 1);
       const float upf = e4m3_to_float(up);
       const float pr = upf == downf ? 0.f : __fdiv_rn(__fsub_rn(vs, downf), __fsub_rn(upf, downf));
-      sb = uniform24(philox_word(p.seed, p.offset, o.g >> 1)) < pr ? up : down;
+      const bool take_up = uniform24(philox_word(p.seed, offset, o.g >> 1)) < pr;
+      sb = take_up ? up : down;
+      fs = take_up ? upf : downf;
     }
+#pragma unroll
+    for (int k = 0; k < 8; ++k) val[k] = __fmul_rn(dq[k], fs);
   }
   if (o.active) {
-    reinterpret_cast<uint32_t*>(o.data)[o.g] = codes;
-    if ((lane & 1u) == 0) o.scales[o.g >> 1] = sb;
+    if (o.data != nullptr) {
+      reinterpret_cast<uint32_t*>(o.data)[o.g] = codes;
+      if ((lane & 1u) == 0) o.scales[o.g >> 1] = sb;
+    }
+    if (o.operand != nullptr) store_operand(o, val);
   }
 }
 
@@ -287,6 +342,7 @@ struct RowArgs {
   const float* amax;  // quantize pass
   uint8_t* data;
   uint8_t* scales;
+  uint16_t* operand;
   float* tensor_scale;
   unsigned* acc_raw;  // amax pass: max |x|
   unsigned* acc_rot;  // amax pass: max |rotate(x)|
@@ -299,13 +355,15 @@ __global__ void __launch_bounds__(kThreads) row_kernel(RowArgs a) {
   const int64_t T = int64_t(gridDim.x) * blockDim.x;
   const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const uint32_t lane = threadIdx.x & 31u;
-  float st = 1.f;
+  float st = 1.f, rt = 1.f;
   if constexpr (!AMAX) {
     st = tensor_scale(*a.amax, a.p.D);
+    rt = inv_scale(st);
     if (tid == 0) *a.tensor_scale = st;
   }
   unsigned mraw = 0, mrot = 0;
-  const Signs sg = load_signs(a.p, lane);
+  const Streams streams = resolve_streams(a.p);
+  const Signs sg = load_signs(a.p, streams.sign_offset, lane);
   // Software pipeline: the loads of the next kUnroll groups are in flight while these are
   // quantized (the kernel is latency-bound otherwise: one 16-byte load per thread at a time).
   Vec<KIND> cur[kUnroll], nxt[kUnroll];
@@ -333,7 +391,7 @@ __global__ void __launch_bounds__(kThreads) row_kernel(RowArgs a) {
         }
       } else {
         rotate8(v, a.p, sg, lane);
-        quantize_group(v, a.p, st, lane, GroupOut{a.data, a.scales, uint64_t(g), g < G});
+        quantize_group(v, a.p, rt, streams.offset, lane, GroupOut{a.data, a.scales, a.operand, uint64_t(g), g < G});
       }
     }
 #pragma unroll
@@ -359,6 +417,7 @@ struct TileArgs {
   const float* amax_row;
   const float* amax_col;
   uint8_t *row_data, *row_scales, *col_data, *col_scales;
+  uint16_t *row_operand, *col_operand;
   float *row_ts, *col_ts;
   unsigned *acc_raw, *acc_rowrot, *acc_colrot;  // amax pass
 };
@@ -382,15 +441,17 @@ __global__ void __launch_bounds__(kThreads) tile_kernel(TileArgs a) {
   const uint32_t lane = t & 31u;
   const bool first = blockIdx.x == 0 && blockIdx.y == 0 && t == 0;
 
-  float st_in = 1.f, st_row = 1.f, st_col = 1.f;
+  float st_in = 1.f, st_row = 1.f, st_col = 1.f, rt_row = 1.f, rt_col = 1.f;
   if constexpr (KIND == kNVFP4) st_in = *a.x_tensor_scale;
   if constexpr (!AMAX) {
     if (a.do_row) {
       st_row = tensor_scale(*a.amax_row, a.prow.D);
+      rt_row = inv_scale(st_row);
       if (first) *a.row_ts = st_row;
     }
     if (a.do_col) {
       st_col = tensor_scale(*a.amax_col, a.pcol.D);
+      rt_col = inv_scale(st_col);
       if (first) *a.col_ts = st_col;
     }
   }
@@ -416,7 +477,8 @@ __global__ void __launch_bounds__(kThreads) tile_kernel(TileArgs a) {
   // Row-wise pass (from shared memory: keeps one copy of the quantizer in the code).
   unsigned mraw = 0, mrow = 0, mcol = 0;
   const bool row_pass = AMAX ? (a.acc_raw != nullptr || a.acc_rowrot != nullptr) : a.do_row;
-  const Signs sg_row = load_signs(a.prow, lane);  // rows: lane & 15 is the group's position
+  const Streams str_row = resolve_streams(a.prow);
+  const Signs sg_row = load_signs(a.prow, str_row.sign_offset, lane);  // rows: lane & 15 is the group's position
   if (row_pass) {
 #pragma unroll 1
     for (int it = 0; it < kIters; ++it) {
@@ -433,14 +495,16 @@ __global__ void __launch_bounds__(kThreads) tile_kernel(TileArgs a) {
         }
       } else {
         rotate8(v, a.prow, sg_row, lane);
-        quantize_group(v, a.prow, st_row, lane,
-                       GroupOut{a.row_data, a.row_scales, uint64_t(gr * (a.C / 8) + gc / 8), gr < a.R && gc < a.C});
+        quantize_group(v, a.prow, rt_row, str_row.offset, lane,
+                       GroupOut{a.row_data, a.row_scales, a.row_operand, uint64_t(gr * (a.C / 8) + gc / 8),
+                                gr < a.R && gc < a.C});
       }
     }
   }
 
   const bool col_pass = AMAX ? a.acc_colrot != nullptr : a.do_col;
-  const Signs sg_col = load_signs(a.pcol, lane);  // columns: lane & 15 is r8
+  const Streams str_col = resolve_streams(a.pcol);
+  const Signs sg_col = load_signs(a.pcol, str_col.sign_offset, lane);  // columns: lane & 15 is r8
   if (col_pass) {
 #pragma unroll 1
     for (int it = 0; it < kIters; ++it) {
@@ -453,8 +517,9 @@ __global__ void __launch_bounds__(kThreads) tile_kernel(TileArgs a) {
       if constexpr (AMAX) {
         mcol = max(mcol, amax8_key(v));
       } else {
-        quantize_group(v, a.pcol, st_col, lane,
-                       GroupOut{a.col_data, a.col_scales, uint64_t(gc * (a.R / 8) + gr0 / 8), gc < a.C && gr0 < a.R});
+        quantize_group(v, a.pcol, rt_col, str_col.offset, lane,
+                       GroupOut{a.col_data, a.col_scales, a.col_operand, uint64_t(gc * (a.R / 8) + gr0 / 8),
+                                gc < a.C && gr0 < a.R});
       }
     }
   }
@@ -475,7 +540,7 @@ __global__ void __launch_bounds__(kThreads) q2d_kernel(const void* x, int64_t R,
   const int64_t tiles_c = C / 16, tiles = (R / 16) * tiles_c;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   const uint32_t lane = threadIdx.x & 31u;
-  const float st = tensor_scale(*amax, D);
+  const float st = tensor_scale(*amax, D), rt = inv_scale(st);
   if (blockIdx.x == 0 && threadIdx.x == 0) *ts = st;
   for (int64_t w = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; w < tiles; w += warps) {
     const int64_t row = (w / tiles_c) * 16 + lane / 2, col0 = (w % tiles_c) * 16 + (lane & 1u) * 8;
@@ -483,15 +548,15 @@ __global__ void __launch_bounds__(kThreads) q2d_kernel(const void* x, int64_t R,
     vconvert<KIND>(vload<KIND>(x, nullptr, row * C + col0, C), 1.f, v);
     float xs[8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) xs[k] = __fdiv_rn(v[k], st);
+    for (int k = 0; k < 8; ++k) xs[k] = __fmul_rn(v[k], rt);
     float m = max8abs(xs);
 #pragma unroll
     for (int s = 16; s > 0; s /= 2) m = fmaxf(m, __shfl_xor_sync(kFull, m, s));
     const uint8_t sb = block_scale_bits(m, M);
-    const float f = e4m3_to_float(sb);
+    const float yf = __frcp_rn(e4m3_to_float(sb));
     uint32_t codes = 0;
 #pragma unroll
-    for (int k = 0; k < 8; ++k) codes |= e2m1_rn(__fdiv_rn(xs[k], f)) << (4 * k);
+    for (int k = 0; k < 8; ++k) codes |= e2m1_rn(__fmul_rn(xs[k], yf)) << (4 * k);
     *reinterpret_cast<uint32_t*>(data + row * (C / 2) + col0 / 2) = codes;
     if ((lane & 1u) == 0) scales[row * (C / 16) + col0 / 16] = sb;
   }
@@ -617,10 +682,11 @@ void launch_tile_kind(int kind, bool amax, const TileArgs& a, cudaStream_t s) {
 
 void check_dir(const DirSpec& d, int64_t cols, const char* name) {
   if (!d.enabled) return;
-  QT_HOST_ASSERT(d.data && d.scales && d.tensor_scale, std::string(name) + ": missing output pointers");
+  QT_HOST_ASSERT((d.data || d.operand) && (!d.data == !d.scales) && d.tensor_scale,
+                 std::string(name) + ": missing output pointers");
+  QT_HOST_ASSERT(!d.p.step || d.p.step_stride, std::string(name) + ": step counter without a stride");
   QT_HOST_ASSERT(d.amax_given || d.amax_ws, std::string(name) + ": missing amax workspace");
   QT_HOST_ASSERT(d.p.rot_n == 0 || d.p.rot_n == 16 || d.p.rot_n == 128, "rotation must be 0, 16 or 128");
-  QT_HOST_ASSERT(d.p.rot_n == 0 || d.p.signs, "rotation without signs");
   const int64_t mult = (d.p.mode == kEden || d.p.rot_n == 128) ? 128 : 16;
   QT_HOST_ASSERT(cols % mult == 0, std::string(name) + ": quantized dim " + std::to_string(cols) +
                                        " is not a multiple of " + std::to_string(mult));
@@ -693,9 +759,11 @@ void quantize(const QuantizeSpec& s, cudaStream_t stream) {
     t.amax_col = amax_col;
     t.row_data = s.row.data;
     t.row_scales = s.row.scales;
+    t.row_operand = s.row.operand;
     t.row_ts = s.row.tensor_scale;
     t.col_data = s.col.data;
     t.col_scales = s.col.scales;
+    t.col_operand = s.col.operand;
     t.col_ts = s.col.tensor_scale;
     launch_tile_kind(s.kind, false, t, stream);
   } else {
@@ -707,6 +775,7 @@ void quantize(const QuantizeSpec& s, cudaStream_t stream) {
     q.amax = amax_row;
     q.data = s.row.data;
     q.scales = s.row.scales;
+    q.operand = s.row.operand;
     q.tensor_scale = s.row.tensor_scale;
     by_kind<RowLaunch, false>(s.kind, q, stream);
   }

@@ -54,10 +54,15 @@ struct QuantParams {
   float M;             // block-scale divisor (M6, M_SR or M_EDEN)
   float M4;            // four_over_six second candidate
   int rot_n;           // 0 (no rotation), 16 or 128
-  float rot_scale;     // 1/sqrt(rot_n)
-  const float* signs;  // rot_n floats (+-1), device
+  float rot_scale;     // sqrt(rot_n) as float32 (the butterfly runs on chunks pre-scaled by 1/rot_n)
+  const float* signs;  // rot_n floats (+-1), device; nullptr: drawn from Philox (seed, sign_offset)
   uint64_t seed;
-  uint64_t offset;
+  uint64_t offset;       // Philox stream of the random rounding (sr, ms_eden)
+  uint64_t sign_offset;  // Philox stream of the signs when `signs` is nullptr
+  // Device step counter (int64): when set, both streams are relative to step * step_stride, so
+  // the launch needs no host-side step and replays correctly inside a CUDA graph.
+  const int64_t* step;
+  uint64_t step_stride;
 };
 
 enum InKind : int { kF32 = 0, kBF16 = 1, kF16 = 2, kNVFP4 = 3 };
@@ -67,8 +72,9 @@ enum InKind : int { kF32 = 0, kBF16 = 1, kF16 = 2, kNVFP4 = 3 };
 struct DirSpec {
   bool enabled = false;
   QuantParams p{};
-  uint8_t* data = nullptr;          // (rows, cols/2)
-  uint8_t* scales = nullptr;        // (rows, cols/16) E4M3 bits
+  uint8_t* data = nullptr;          // (rows, cols/2) packed codes, or nullptr (no FP4 copy)
+  uint8_t* scales = nullptr;        // (rows, cols/16) E4M3 bits (with data)
+  uint16_t* operand = nullptr;      // (rows, cols) bf16 decode(code) * s_b, or nullptr
   float* tensor_scale = nullptr;    // 0-d
   const float* amax_given = nullptr;  // caller's amax, or nullptr to compute it
   float* amax_ws = nullptr;           // one float of workspace, used when computing
@@ -93,5 +99,9 @@ void quantize_2d(int kind, const void* x, int64_t R, int64_t C, float D, float M
 // decode(code) * s_b (* s_t if apply_tensor_scale) -> out (kF32, kBF16 or kF16), (R, C).
 void dequantize(const uint8_t* data, const uint8_t* scales, const float* tensor_scale, int64_t R,
                 int64_t C, int out_kind, bool apply_tensor_scale, void* out, cudaStream_t stream);
+
+// alpha_beta[0] = ta * tb, alpha_beta[1] = 0: the device-side alpha/beta of the emulated GEMM's
+// cuBLASLt epilogue (tensor scales never travel to the host).
+void gemm_alpha(const float* ta, const float* tb, float* alpha_beta, cudaStream_t stream);
 
 }  // namespace quartet

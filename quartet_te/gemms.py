@@ -12,10 +12,17 @@ seed produce the same bits. The operands:
 `fprop`, `dgrad` and `wgrad` implement spec §4 (Quartet II) and §5 (NVIDIA's baseline). A token
 count M and an output dim N that are not multiples of 128 are zero-padded along the rotated
 inner dimension (zeros change no product).
+
+Where GEMMs are emulated in BF16 (Hopper), every quantizer also writes the exact BF16 operand
+its GEMM consumes (`emit`), so no GEMM operand is decoded in a pass of its own; the forward keeps
+only the packed FP4 copies for the backward. The backward quantizes e in both directions from one
+read when both backward GEMMs run, and every GEMM applies alpha, the bias and the output cast in
+its epilogue. On CUDA the backward's randomness comes from the layer's device step counter (no
+host synchronisation).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -26,7 +33,7 @@ from .reference.formats import INV_SQRT
 from .reference.hadamard import check_signs, hadamard_matrix
 from .rotation import BackwardDraw, Operand, RotationState
 from .telemetry import target
-from .tensor import NVFP4Tensor
+from .tensor import BF16Operand, NVFP4Tensor
 
 ROTATION = 128  # the backward's Hadamard size: rotated inner dims are padded to this
 RHT16 = 16  # NVIDIA's wgrad Hadamard size
@@ -118,14 +125,29 @@ class ForwardOperand:
 
 @dataclass
 class GradOperand:
-    """∂L/∂y (M×N, high precision) and the randomness of this backward call (None: RTN/BF16)."""
+    """∂L/∂y (M×N, high precision) and the randomness of this backward call (None: RTN/BF16).
+
+    `needs` names the backward GEMMs that will quantize e: when both do, the first one quantizes
+    e in both directions from one read (one amax pass) and keeps the other direction in `_cache`
+    for the second GEMM.
+    """
 
     e: torch.Tensor
     draw: BackwardDraw | None
+    needs: tuple[str, ...] = ("dgrad", "wgrad")
+    _cache: dict = field(default_factory=dict, repr=False)
 
 
 def _forward_mode(recipe: Quartet2Recipe) -> str:
     return "four_over_six" if recipe.four_over_six else "rtn"
+
+
+def _emit(device: torch.device, keep_fp4: bool) -> str:
+    """What a quantizer writes: the BF16 operand where the GEMM is emulated (plus the packed FP4
+    copy where it is saved for the backward), else packed FP4 only."""
+    if not ops.emulated_gemm(device):
+        return "fp4"
+    return "both" if keep_fp4 else "bf16"
 
 
 def quantize_input(x: torch.Tensor, recipe: Recipe, fixed: RotationState) -> ForwardOperand:
@@ -139,10 +161,10 @@ def quantize_input(x: torch.Tensor, recipe: Recipe, fixed: RotationState) -> For
         return op
     if isinstance(recipe, Quartet2Recipe):
         op.fwd_signs = fixed.fixed_signs(ROTATION, x.device) if recipe.forward_rotation else None
-        op.fp4 = ops.quantize(x, _forward_mode(recipe), signs=op.fwd_signs)
+        op.fp4 = ops.quantize(x, _forward_mode(recipe), signs=op.fwd_signs, emit=_emit(x.device, True))
         return op
     if "fprop" not in hp_gemms:
-        op.fp4 = ops.quantize(x, "rtn")
+        op.fp4 = ops.quantize(x, "rtn", emit=_emit(x.device, True))
     if "wgrad" not in hp_gemms:
         op.rht_signs = fixed.fixed_signs(RHT16, x.device) if recipe.wgrad_rht else None
         op.colwise = ops.quantize(pad_rows(x, round_up(rows, ROTATION)), "rtn", signs=op.rht_signs, transpose=True)
@@ -160,24 +182,50 @@ def quantize_weight(w: torch.Tensor, recipe: Recipe, fixed: RotationState) -> Fo
         return op
     if isinstance(recipe, Quartet2Recipe):
         op.fwd_signs = fixed.fixed_signs(ROTATION, w.device) if recipe.forward_rotation else None
-        op.fp4 = ops.quantize(w, _forward_mode(recipe), signs=op.fwd_signs)
+        op.fp4 = ops.quantize(w, _forward_mode(recipe), signs=op.fwd_signs, emit=_emit(w.device, True))
     else:
         op.fp4 = ops.quantize_2d(w) if recipe.weight_2d else ops.quantize(w, "rtn")
     return op
 
 
-def make_grad(e: torch.Tensor, recipe: Recipe, rotation: RotationState) -> GradOperand:
-    """Wrap ∂L/∂y and draw this backward call's randomness (advances the layer's step once).
-
-    The 128 signs are drawn on the CPU and copied over: the same bits (integer Philox), without
-    the few hundred tiny kernel launches the reference generator costs on a GPU per draw.
-    """
+def make_grad(
+    e: torch.Tensor, recipe: Recipe, rotation: RotationState, needs: tuple[str, ...] = ("dgrad", "wgrad")
+) -> GradOperand:
+    """Wrap ∂L/∂y and draw this backward call's randomness (advances the layer's step once; on
+    CUDA with device ops on the layer's step counter, without a host synchronisation)."""
     if isinstance(recipe, Quartet2Recipe) and not recipe.backward_quant:
-        return GradOperand(e, None)
-    draw = rotation.next_backward("cpu")
-    if e.device.type != "cpu":
-        draw = BackwardDraw(signs=draw.signs.to(e.device), seed=draw.seed, step=draw.step)
-    return GradOperand(e, draw)
+        return GradOperand(e, None, needs)
+    return GradOperand(e, rotation.next_backward(e.device), needs)
+
+
+def _streams(d: BackwardDraw, operand: int) -> dict:
+    """Keyword arguments of `ops` for `operand`'s stream at the draw's step: relative to the
+    device step counter on CUDA (signs drawn by the kernels), absolute on the CPU."""
+    if d.step_tensor is not None:
+        return {"signs": d.sign_stream, "seed": d.seed, "offset": operand, "step": d.step_tensor}
+    return {"signs": d.signs, "seed": d.seed, "offset": d.offset(operand)}
+
+
+def _grad_ms_eden(g: GradOperand, which: str) -> tuple[NVFP4Tensor | BF16Operand, torch.Tensor]:
+    """MS-EDEN of e along N (`which="dgrad"`) or of eᵀ along M (`"wgrad"`), and the zero-padded
+    e it quantized (for telemetry). Both directions from one read when both GEMMs need them."""
+    if which in g._cache:
+        return g._cache.pop(which)
+    e, d = g.e, g.draw
+    both = "dgrad" in g.needs and "wgrad" in g.needs
+    rows = round_up(e.shape[0], ROTATION) if both or which == "wgrad" else e.shape[0]
+    cols = round_up(e.shape[1], ROTATION) if both or which == "dgrad" else e.shape[1]
+    ep = pad_cols(pad_rows(e, rows), cols)
+    emit = _emit(e.device, False)
+    kw = _streams(d, Operand.GRAD_ROWWISE)
+    if both:
+        col_offset = _streams(d, Operand.GRAD_COLWISE)["offset"]
+        row, col = ops.quantize_both(ep, "ms_eden", offset_t=col_offset, emit=emit, emit_t=emit, **kw)
+        g._cache["wgrad" if which == "dgrad" else "dgrad"] = (col, ep) if which == "dgrad" else (row, ep)
+        return (row, ep) if which == "dgrad" else (col, ep)
+    if which == "dgrad":
+        return ops.quantize(ep, "ms_eden", emit=emit, **kw), ep
+    return ops.quantize(ep, "ms_eden", emit=emit, transpose=True, **_streams(d, Operand.GRAD_COLWISE)), ep
 
 
 # `record(gemm, a, b, out, ref)`: a sampled step's telemetry hook (`LayerProbe.record` with the
@@ -202,14 +250,21 @@ def fprop(
     elif x.rows == 0 or w.rows == 0:
         y = _zeros(x.rows, w.rows, x.device)
     else:
-        y = ops.gemm(x.fp4, w.fp4, torch.float32)
-        if record is not None:
+        if record is None:  # the usual case: bias and cast in the GEMM's epilogue
+            y = ops.gemm(x.fp4, w.fp4, out_dtype, bias=bias)
+        else:  # a sampled step: telemetry compares the bias-free FP32 product
+            y = ops.gemm(x.fp4, w.fp4, torch.float32)
             xt = target(x.hp, x.fwd_signs) if x.hp is not None else None
             wt = target(w.hp, w.fwd_signs) if w.hp is not None else None
             ref = x.hp.float() @ w.hp.float().t() if xt is not None and wt is not None else None
             record("fprop", (x.fp4, xt), (w.fp4, wt), y, ref)
+        for op in (x, w):  # the BF16 operands served this GEMM only: the backward uses the FP4
+            if op.fp4 is not None:
+                op.fp4.operand = None
+        if record is None:
+            return y
     if bias is not None:
-        y = y.add_(bias.float()) if y.dtype == torch.float32 else y + bias.float()
+        y = y.add_(bias.float())
     return y.to(out_dtype)
 
 
@@ -238,15 +293,13 @@ def dgrad(
             if record is not None:
                 record("dgrad", (None, None), (None, None), dx, dx)
         else:
-            n = round_up(w.rows, ROTATION)
-            eq = ops.quantize(
-                pad_cols(e, n), "ms_eden", signs=d.signs, seed=d.seed, offset=d.offset(Operand.GRAD_ROWWISE)
-            )
-            wtq = ops.requantize(w.fp4.pad_rows(n), signs=d.signs, seed=d.seed, offset=d.offset(Operand.WEIGHT_T))
-            dx = ops.gemm(eq, wtq, torch.float32)
+            eq, ep = _grad_ms_eden(g, "dgrad")
+            n = ep.shape[1]
+            wtq = ops.requantize(w.fp4.pad_rows(n), emit=_emit(e.device, False), **_streams(d, Operand.WEIGHT_T))
+            dx = ops.gemm(eq, wtq, torch.float32 if w.fwd_signs is not None else out_dtype)[: e.shape[0]]
             if record is not None:
                 w_deq = w.fp4.pad_rows(n).dequantize()
-                record("dgrad", (eq, target(pad_cols(e, n), d.signs)), (wtq, target(w_deq, d.signs, True)),
+                record("dgrad", (eq, target(ep, d.signs)), (wtq, target(w_deq, d.signs, True)),
                        dx, e.float() @ w_deq[: w.rows])
         if w.fwd_signs is not None:
             dx = unrotate(dx, w.fwd_signs)
@@ -256,9 +309,9 @@ def dgrad(
             w.colwise = ops.transpose_2d(w.fp4)
         else:
             w.colwise = ops.quantize(w.fp4.dequantize(), "rtn", transpose=True)
-    mode, seed = _grad_mode(recipe, g.draw)
-    eq = ops.quantize(e, mode, seed=seed, offset=g.draw.offset(Operand.GRAD_ROWWISE))
-    dx = ops.gemm(eq, w.colwise, torch.float32)
+    streams = _sr_streams(recipe, g.draw, Operand.GRAD_ROWWISE)
+    eq = ops.quantize(e, _grad_mode(recipe), emit=_emit(e.device, False), **streams)
+    dx = ops.gemm(eq, w.colwise, out_dtype)
     if record is not None:
         w_deq = w.fp4.dequantize() if w.fp4 is not None else None
         record("dgrad", (eq, target(e)), (w.colwise, target(w_deq, transpose=True) if w_deq is not None else None),
@@ -266,8 +319,17 @@ def dgrad(
     return dx.to(out_dtype)
 
 
-def _grad_mode(recipe: NVFP4Recipe, draw: BackwardDraw) -> tuple[str, int | None]:
-    return ("sr", draw.seed) if recipe.stochastic_rounding else ("rtn", None)
+def _grad_mode(recipe: NVFP4Recipe) -> str:
+    return "sr" if recipe.stochastic_rounding else "rtn"
+
+
+def _sr_streams(recipe: NVFP4Recipe, d: BackwardDraw, operand: int) -> dict:
+    """`ops` keyword arguments of the baseline's gradient rounding stream (none for RTN)."""
+    if not recipe.stochastic_rounding:
+        return {}
+    kw = _streams(d, operand)
+    kw.pop("signs")
+    return kw
 
 
 def wgrad(
@@ -287,26 +349,22 @@ def wgrad(
             if record is not None:
                 record("wgrad", (None, None), (None, None), dw, dw)
         else:
-            m = round_up(e.shape[0], ROTATION)
-            etq = ops.quantize(
-                pad_rows(e, m), "ms_eden", signs=d.signs, seed=d.seed,
-                offset=d.offset(Operand.GRAD_COLWISE), transpose=True,
-            )
-            xtq = ops.requantize(x.fp4.pad_rows(m), signs=d.signs, seed=d.seed, offset=d.offset(Operand.INPUT_T))
-            dw = ops.gemm(etq, xtq, torch.float32)
+            etq, ep = _grad_ms_eden(g, "wgrad")
+            m = ep.shape[0]
+            xtq = ops.requantize(x.fp4.pad_rows(m), emit=_emit(e.device, False), **_streams(d, Operand.INPUT_T))
+            dw = ops.gemm(etq, xtq, torch.float32 if x.fwd_signs is not None else out_dtype)[: e.shape[1]]
             if record is not None:
                 x_deq = x.fp4.pad_rows(m).dequantize()
-                record("wgrad", (etq, target(pad_rows(e, m), d.signs, True)), (xtq, target(x_deq, d.signs, True)),
+                record("wgrad", (etq, target(ep, d.signs, True)), (xtq, target(x_deq, d.signs, True)),
                        dw, e.float().t() @ x_deq[: e.shape[0]])
         if x.fwd_signs is not None:
             dw = unrotate(dw, x.fwd_signs)
         return dw.to(out_dtype)
-    mode, seed = _grad_mode(recipe, g.draw)
     etq = ops.quantize(
-        pad_rows(e, x.colwise.shape[1]), mode, signs=x.rht_signs, seed=seed,
-        offset=g.draw.offset(Operand.GRAD_COLWISE), transpose=True,
-    )
-    dw = ops.gemm(etq, x.colwise, torch.float32)
+        pad_rows(e, x.colwise.shape[1]), _grad_mode(recipe), signs=x.rht_signs, transpose=True,
+        emit=_emit(e.device, False), **_sr_streams(recipe, g.draw, Operand.GRAD_COLWISE),
+    )  # fmt: skip
+    dw = ops.gemm(etq, x.colwise, out_dtype)
     if record is not None:  # x̂ᵀ's own error needs the high-precision x, not kept: NaN
         et = target(pad_rows(e, x.colwise.shape[1]), x.rht_signs, True)
         record("wgrad", (etq, et), (x.colwise, None), dw, et @ x.colwise.dequantize().t())

@@ -5,9 +5,10 @@ computes the same bits as the function of the same name in `quartet_te.reference
 `docs/numerics.md`), except `gemm`, whose summation order is the GEMM library's.
 
 Paths by compute capability:
-- sm_90 (Hopper): quantizers in `csrc/`, GEMM emulated exactly: both operands decoded to BF16
-  (`decode(code) · s_b` has at most 6 significant bits), BF16 GEMM with FP32 output, then
-  `· s_tA · s_tB`.
+- sm_90 (Hopper): quantizers in `csrc/`, GEMM emulated exactly: both operands as BF16
+  `decode(code) · s_b` (at most 6 significant bits: exact), written by the quantizers themselves
+  (`emit="bf16"` / `"both"`), then one cuBLASLt BF16 GEMM with FP32 accumulation whose epilogue
+  applies `alpha = s_tA · s_tB` (read from device memory), the bias and the output cast.
 - sm_100 / sm_120 (Blackwell): the same quantizers, GEMM native in NVFP4 through cuBLASLt
   (`torch._scaled_mm` with swizzled E4M3 block scales), then `· s_tA · s_tB`.
 - older GPUs and CPU: not available; `ops` falls back to the reference with a one-time warning.
@@ -25,7 +26,8 @@ import torch
 from .reference import formats as F
 from .reference.gemm import check_gemm_operands
 from .reference.quantize import MODES, check_input, resolve_seed
-from .tensor import NVFP4Tensor
+from .rotation import STREAMS_PER_STEP, SignStream
+from .tensor import BF16Operand, NVFP4Tensor
 
 try:
     from . import _C  # type: ignore[attr-defined]
@@ -63,9 +65,11 @@ def _probe() -> Optional[str]:
         outs = [torch.empty(16, 8, dtype=torch.uint8, device="cuda"), torch.empty(16, 1, dtype=torch.uint8, device="cuda"),
                 torch.empty((), device="cuda")]  # fmt: skip
         ws = torch.empty(2, device="cuda")
+        data, scales, ts = outs
         _C.quantize(
-            x, None, None, 16, 16, MODE_IDS["rtn"], [F.D_RTN, F.M6, F.M4, 1.0], None, 0, 0, None, *outs,
-            -1, [1.0] * 4, None, 0, 0, None, None, None, None, ws,
+            x, None, None, 16, 16,
+            MODE_IDS["rtn"], [F.D_RTN, F.M6, F.M4, 1.0], 0, None, 0, 0, 0, None, 0, None, data, scales, None, ts,
+            -1, [1.0] * 4, 0, None, 0, 0, 0, None, 0, None, None, None, None, None, ws,
         )  # fmt: skip
         torch.cuda.synchronize()
     except RuntimeError as exc:
@@ -133,29 +137,51 @@ def _signed64(v: int) -> int:
     return v - 2**64 if v >= 2**63 else v
 
 
-def _consts(mode: str, signs: Optional[torch.Tensor]) -> list[float]:
-    """[D, M, M4, 1/sqrt(n)]: the float32 constants of docs/numerics.md."""
+def _consts(mode: str, rot: int) -> list[float]:
+    """[D, M, M4, sqrt(n)]: the float32 constants of docs/numerics.md (n: the rotation size)."""
     D, M = {
         "rtn": (F.D_RTN, F.M6),
         "four_over_six": (F.D_46, F.M6),
         "sr": (F.D_RTN, F.M_SR),
         "ms_eden": (F.D_EDEN, F.M_EDEN),
     }[mode]
-    return [D, M, F.M4, F.INV_SQRT[signs.numel()] if signs is not None else 1.0]
+    return [D, M, F.M4, F.SQRT_N[rot] if rot else 1.0]
 
 
-def _prep_signs(signs: Optional[torch.Tensor], x: torch.Tensor, mode: str, qdim: int, what: str):
-    if mode == "ms_eden" and (signs is None or signs.numel() != 128):
-        raise ValueError("ms_eden needs signs: a ±1 tensor of 128 entries (fresh per backward call)")
+def _prep_signs(signs, x: torch.Tensor, mode: str, qdim: int, what: str):
+    """(signs tensor or None, rotation size, sign-stream offset) for one direction."""
+    if mode == "ms_eden" and (signs is None or _numel(signs) != 128):
+        raise ValueError("ms_eden needs signs: a ±1 tensor (or SignStream) of 128 entries (fresh per backward call)")
     if signs is None:
-        return None
+        return None, 0, 0
+    if isinstance(signs, SignStream):
+        n = signs.n
+        if n not in F.INV_SQRT:
+            raise ValueError(f"SignStream.n must be 16 or 128, got {n}")
+        if qdim % n:
+            raise ValueError(f"{what}: the quantized dim {qdim} is not a multiple of the rotation size {n}")
+        return None, n, _signed64(signs.offset)
     if not isinstance(signs, torch.Tensor) or signs.dim() != 1 or signs.numel() not in F.INV_SQRT:
         raise ValueError(f"signs must be a 1-D tensor of 16 or 128 entries, got {getattr(signs, 'shape', signs)}")
     if signs.device != x.device:
         raise ValueError(f"signs are on {signs.device} but {what} is on {x.device}")
     if qdim % signs.numel():
         raise ValueError(f"{what}: the quantized dim {qdim} is not a multiple of the rotation size {signs.numel()}")
-    return signs.to(torch.float32).contiguous()
+    return signs.to(torch.float32).contiguous(), signs.numel(), 0
+
+
+def _numel(signs) -> int:
+    return signs.n if isinstance(signs, SignStream) else signs.numel()
+
+
+def _prep_step(step: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
+    if step is None:
+        return None
+    if not isinstance(step, torch.Tensor) or step.dtype != torch.int64 or step.numel() != 1:
+        raise ValueError(f"step must be a one-element int64 tensor (the device step counter), got {step!r}")
+    if step.device != x.device:
+        raise ValueError(f"step is on {step.device} but x is on {x.device}")
+    return step.reshape(1)
 
 
 def _prep_amax(amax: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
@@ -168,8 +194,27 @@ def _prep_amax(amax: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.
     return amax.to(device=x.device, dtype=torch.float32).reshape(1).contiguous()
 
 
+_EMIT = {"fp4": 1, "bf16": 2, "both": 3}
+
+
+def _check_emit(emit: str) -> int:
+    if emit not in _EMIT:
+        raise ValueError(f"emit must be one of {tuple(_EMIT)}, got {emit!r}")
+    return _EMIT[emit]
+
+
 # ----------------------------------------------------------------------------------------------
 # Custom ops
+# ----------------------------------------------------------------------------------------------
+def _eager(op, impl):
+    """The registered custom op while torch.compile traces, else its implementation itself: the
+    dispatcher round trip of a Python custom op costs tens of microseconds per call, which a
+    linear's forward+backward (eight launches of ours) pays on every step in eager mode."""
+    return op if torch.compiler.is_compiling() else impl
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom-op implementations
 # ----------------------------------------------------------------------------------------------
 # Tests set this to a byte value: every output is then filled with it before the launch, so an
 # element the kernel fails to write shows up (tests/csrc run twice with two different bytes).
@@ -182,85 +227,112 @@ def _poisoned(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _dir_outputs(rows: int, cols: int, enabled: bool, device: torch.device):
-    if not enabled:
-        return None, None, None
-    return (
-        _poisoned(torch.empty(rows, cols // 2, dtype=torch.uint8, device=device)),
-        _poisoned(torch.empty(rows, cols // 16, dtype=torch.uint8, device=device)),
+def _dir_outputs(rows: int, cols: int, emit: int, device: torch.device) -> list[Optional[torch.Tensor]]:
+    """[data, scales, tensor_scale, operand] of one direction (None where not emitted)."""
+    if not emit:
+        return [None] * 4
+    fp4, bf16 = bool(emit & 1), bool(emit & 2)
+    return [
+        _poisoned(torch.empty(rows, cols // 2, dtype=torch.uint8, device=device)) if fp4 else None,
+        _poisoned(torch.empty(rows, cols // 16, dtype=torch.uint8, device=device)) if fp4 else None,
         _poisoned(torch.empty((), dtype=torch.float32, device=device)),
-    )
+        _poisoned(torch.empty(rows, cols, dtype=torch.bfloat16, device=device)) if bf16 else None,
+    ]
 
 
-def _empty_like_dir(rows: int, cols: int, enabled: bool, device: torch.device) -> list[torch.Tensor]:
-    if not enabled:  # distinct tensors: custom-op outputs must not alias each other
-        return [torch.empty(0, dtype=torch.uint8, device=device) for _ in range(2)] + [torch.empty((), device=device)]
-    return list(_dir_outputs(rows, cols, True, device))
+def _filled(outs: list[Optional[torch.Tensor]], device: torch.device) -> list[torch.Tensor]:
+    """Custom-op outputs: distinct empty tensors where a direction emits nothing (outputs must not
+    alias each other)."""
+    empty = (torch.uint8, torch.uint8, torch.float32, torch.bfloat16)
+    return [t if t is not None else torch.empty(0, dtype=d, device=device) for t, d in zip(outs, empty)]
 
 
-@torch.library.custom_op("quartet_te::quantize", mutates_args=())
-def _quantize_op(
+def _quantize_impl(
     x: torch.Tensor,
     x_scales: Optional[torch.Tensor],
     x_ts: Optional[torch.Tensor],
     rows: int,
     cols: int,
+    step: Optional[torch.Tensor],
     row_mode: int,
+    row_rot: int,
     row_signs: Optional[torch.Tensor],
     row_seed: int,
     row_offset: int,
+    row_sign_offset: int,
     row_amax: Optional[torch.Tensor],
+    row_emit: int,
     col_mode: int,
+    col_rot: int,
     col_signs: Optional[torch.Tensor],
     col_seed: int,
     col_offset: int,
+    col_sign_offset: int,
     col_amax: Optional[torch.Tensor],
+    col_emit: int,
 ) -> list[torch.Tensor]:
     """Row-wise (x along cols) and/or column-wise (xᵀ along rows) NVFP4 of one read of x.
 
-    Mode ids as in MODE_IDS, -1 disables a direction. Returns [data, scales, tensor_scale] of the
-    row-wise output then of the column-wise one (empty tensors for a disabled direction).
+    Per direction: mode id (MODE_IDS; -1 disables it), rotation size, signs (None with a rotation:
+    drawn in the kernel from (seed, sign_offset)), Philox key and offsets (relative to
+    `step * STREAMS_PER_STEP` when the device counter `step` is given), amax, and what to emit
+    (1: packed FP4, 2: the BF16 operand, 3: both). Returns [data, scales, tensor_scale, operand]
+    of the row-wise output then of the column-wise one (empty tensors where not emitted).
     """
     inv = {v: k for k, v in MODE_IDS.items()}
-    row = _dir_outputs(rows, cols, row_mode >= 0, x.device)
-    col = _dir_outputs(cols, rows, col_mode >= 0, x.device)
-    row_f = _consts(inv[row_mode], row_signs) if row_mode >= 0 else [1.0] * 4
-    col_f = _consts(inv[col_mode], col_signs) if col_mode >= 0 else [1.0] * 4
+    row = _dir_outputs(rows, cols, row_emit if row_mode >= 0 else 0, x.device)
+    col = _dir_outputs(cols, rows, col_emit if col_mode >= 0 else 0, x.device)
+    args = []
+    for mode, rot, signs, seed, offset, soff, amax, outs in (
+        (row_mode, row_rot, row_signs, row_seed, row_offset, row_sign_offset, row_amax, row),
+        (col_mode, col_rot, col_signs, col_seed, col_offset, col_sign_offset, col_amax, col),
+    ):
+        consts = _consts(inv[mode], rot) if mode >= 0 else [1.0] * 4
+        data, scales, ts, operand = outs
+        args += [mode, consts, rot, signs, seed, offset, soff, step, STREAMS_PER_STEP, amax, data, scales, operand, ts]
     ws = torch.empty(2, dtype=torch.float32, device=x.device)
-    _C.quantize(
-        x, x_scales, x_ts, rows, cols,
-        row_mode, row_f, row_signs, row_seed, row_offset, row_amax, *row,
-        col_mode, col_f, col_signs, col_seed, col_offset, col_amax, *col,
-        ws,
-    )  # fmt: skip
-    out = []
-    for t, r, c, on in ((row, rows, cols, row_mode >= 0), (col, cols, rows, col_mode >= 0)):
-        out += list(t) if on else _empty_like_dir(r, c, False, x.device)
-    return out
+    _C.quantize(x, x_scales, x_ts, rows, cols, *args, ws)
+    return _filled(row, x.device) + _filled(col, x.device)
+
+
+_quantize_op = torch.library.custom_op("quartet_te::quantize", mutates_args=())(_quantize_impl)
 
 
 @_quantize_op.register_fake
-def _(x, x_scales, x_ts, rows, cols, row_mode, row_signs, row_seed, row_offset, row_amax,
-      col_mode, col_signs, col_seed, col_offset, col_amax):  # fmt: skip
-    return _empty_like_dir(rows, cols, row_mode >= 0, x.device) + _empty_like_dir(cols, rows, col_mode >= 0, x.device)
+def _(x, x_scales, x_ts, rows, cols, step, row_mode, row_rot, row_signs, row_seed, row_offset, row_sign_offset,
+      row_amax, row_emit, col_mode, col_rot, col_signs, col_seed, col_offset, col_sign_offset, col_amax,
+      col_emit):  # fmt: skip
+    def fake(r, c, emit):
+        fp4, bf16 = bool(emit & 1), bool(emit & 2)
+        return [
+            x.new_empty((r, c // 2) if fp4 else (0,), dtype=torch.uint8),
+            x.new_empty((r, c // 16) if fp4 else (0,), dtype=torch.uint8),
+            x.new_empty(() if emit else (0,), dtype=torch.float32),
+            x.new_empty((r, c) if bf16 else (0,), dtype=torch.bfloat16),
+        ]
+
+    return fake(rows, cols, row_emit if row_mode >= 0 else 0) + fake(cols, rows, col_emit if col_mode >= 0 else 0)
 
 
-@torch.library.custom_op("quartet_te::quantize_2d", mutates_args=())
-def _quantize_2d_op(w: torch.Tensor) -> list[torch.Tensor]:
+def _quantize_2d_impl(w: torch.Tensor) -> list[torch.Tensor]:
     rows, cols = w.shape
-    data, scales, ts = _dir_outputs(rows, cols, True, w.device)
+    data, scales, ts, _ = _dir_outputs(rows, cols, 1, w.device)
     ws = torch.empty(2, dtype=torch.float32, device=w.device)
     _C.quantize_2d(w, F.D_RTN, F.M6, data, scales, ts, ws)
     return [data, scales, ts]
 
 
+_quantize_2d_op = torch.library.custom_op("quartet_te::quantize_2d", mutates_args=())(_quantize_2d_impl)
+
+
 @_quantize_2d_op.register_fake
 def _(w):
-    return _empty_like_dir(w.shape[0], w.shape[1], True, w.device)
+    rows, cols = w.shape
+    return [w.new_empty((rows, cols // 2), dtype=torch.uint8), w.new_empty((rows, cols // 16), dtype=torch.uint8),
+            w.new_empty((), dtype=torch.float32)]  # fmt: skip
 
 
-@torch.library.custom_op("quartet_te::dequantize", mutates_args=())
-def _dequantize_op(
+def _dequantize_impl(
     data: torch.Tensor, scales: torch.Tensor, ts: torch.Tensor, apply_tensor_scale: bool, dtype: torch.dtype
 ) -> torch.Tensor:
     out = _poisoned(torch.empty(data.shape[0], data.shape[1] * 2, dtype=dtype, device=data.device))
@@ -268,13 +340,21 @@ def _dequantize_op(
     return out
 
 
+_dequantize_op = torch.library.custom_op("quartet_te::dequantize", mutates_args=())(_dequantize_impl)
+
+
 @_dequantize_op.register_fake
 def _(data, scales, ts, apply_tensor_scale, dtype):
     return data.new_empty(data.shape[0], data.shape[1] * 2, dtype=dtype)
 
 
-def _wrap(data, scales, ts, mode: str, rotation: int) -> NVFP4Tensor:
-    return NVFP4Tensor(data, scales.view(torch.float8_e4m3fn), ts, mode=mode, rotation=rotation)
+def _wrap(outs: list[torch.Tensor], emit: int, mode: str, rotation: int) -> "NVFP4Tensor | BF16Operand":
+    """The public object of one direction's [data, scales, tensor_scale, operand]."""
+    data, scales, ts, values = outs
+    op = BF16Operand(values, ts, mode=mode, rotation=rotation) if emit & 2 else None
+    if not emit & 1:
+        return op
+    return NVFP4Tensor(data, scales.view(torch.float8_e4m3fn), ts, mode=mode, rotation=rotation, operand=op)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,24 +377,36 @@ def _check_x(x: torch.Tensor, what: str = "x") -> None:
     check_input(x, what)
 
 
+Signs = Optional["torch.Tensor | SignStream"]
+
+
 def quantize(
     x: torch.Tensor,
     mode: str,
     *,
-    signs: Optional[torch.Tensor] = None,
+    signs: Signs = None,
     generator: Optional[torch.Generator] = None,
     seed: Optional[int] = None,
     offset: int = 0,
     amax: Optional[torch.Tensor] = None,
     transpose: bool = False,
-) -> NVFP4Tensor:
-    """Quantize `x` (R, C), or `x.T` if `transpose` (from the same input, no copy), along its last dim."""
+    step: Optional[torch.Tensor] = None,
+    emit: str = "fp4",
+) -> "NVFP4Tensor | BF16Operand":
+    """Quantize `x` (R, C), or `x.T` if `transpose` (from the same input, no copy), along its last dim.
+
+    `emit`: "fp4" (an NVFP4Tensor), "bf16" (a BF16Operand: the exact decoded operand of the
+    emulated GEMM) or "both" (an NVFP4Tensor whose `.operand` is set). `step`: the device step
+    counter; `offset` (and a SignStream's offset) are then relative to `step * STREAMS_PER_STEP`.
+    """
     if transpose:
-        row, col = quantize_both(
-            x, None, mode_t=mode, signs_t=signs, generator=generator, seed_t=seed, offset_t=offset, amax_t=amax
-        )
+        _, col = quantize_both(
+            x, None, mode_t=mode, signs_t=signs, generator=generator, seed_t=seed, offset_t=offset, amax_t=amax,
+            step=step, emit_t=emit,
+        )  # fmt: skip
         return col
-    row, _ = quantize_both(x, mode, signs=signs, generator=generator, seed=seed, offset=offset, amax=amax)
+    row, _ = quantize_both(x, mode, signs=signs, generator=generator, seed=seed, offset=offset, amax=amax, step=step,
+                           emit=emit)  # fmt: skip
     return row
 
 
@@ -322,17 +414,20 @@ def quantize_both(
     x: torch.Tensor,
     mode: Optional[str],
     *,
-    signs: Optional[torch.Tensor] = None,
+    signs: Signs = None,
     seed: Optional[int] = None,
     offset: int = 0,
     amax: Optional[torch.Tensor] = None,
+    emit: str = "fp4",
     mode_t: Optional[str] = None,
-    signs_t: Optional[torch.Tensor] = None,
+    signs_t: Signs = None,
     seed_t: Optional[int] = None,
     offset_t: int = 0,
     amax_t: Optional[torch.Tensor] = None,
+    emit_t: str = "fp4",
+    step: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
-) -> tuple[Optional[NVFP4Tensor], Optional[NVFP4Tensor]]:
+):
     """Row-wise `quantize(x, mode, ...)` and column-wise `quantize(x, mode_t, ..., transpose=True)`
     from one read of `x` (either may be None). `mode_t` defaults to `mode`, `signs_t` to `signs`.
 
@@ -344,31 +439,32 @@ def quantize_both(
         raise ValueError("quantize_both: nothing to do (mode and mode_t are None)")
     rows, cols = x.shape
     x = _contiguous(x)
-    dirs = []
-    for m, s, sd, off, am, qdim, other, what in (
-        (mode, signs, seed, offset, amax, cols, rows, "x"),
+    step = _prep_step(step, x)
+    dirs, emits = [], []
+    for m, s, sd, off, am, em, qdim, what in (
+        (mode, signs, seed, offset, amax, emit, cols, "x"),
         (mode_t, signs_t if signs_t is not None else signs, seed_t if seed_t is not None else seed, offset_t,
-         amax_t, rows, cols, "x.T"),
+         amax_t, emit_t, rows, "x.T"),
     ):  # fmt: skip
         if m is None:
-            dirs.append((-1, None, 0, 0, None))
+            dirs.append((-1, 0, None, 0, 0, 0, None, 0))
+            emits.append(0)
             continue
         _check_mode(m)
         _check_qdim(m, qdim, what)
-        s = _prep_signs(s, x, m, qdim, what)
+        sg, rot, soff = _prep_signs(s, x, m, qdim, what)
         key = resolve_seed(m, sd, generator)
-        dirs.append((MODE_IDS[m], s, _signed64(key), _signed64(off), _prep_amax(am, x)))
+        e = _check_emit(em)
+        dirs.append((MODE_IDS[m], rot, sg, _signed64(key), _signed64(off), soff, _prep_amax(am, x), e))
+        emits.append(e)
     if mode_t is not None and rows % F.BLOCK:
         raise ValueError(f"x.T: the quantized dim {rows} is not a multiple of {F.BLOCK}")
     if rows == 0 or cols == 0:
         raise ValueError(f"empty input of shape {tuple(x.shape)}")
-    outs = _quantize_op(x, None, None, rows, cols, *dirs[0], *dirs[1])
+    outs = _eager(_quantize_op, _quantize_impl)(x, None, None, rows, cols, step, *dirs[0], *dirs[1])
     result = []
-    for i, (m, s) in enumerate(((mode, dirs[0][1]), (mode_t, dirs[1][1]))):
-        if m is None:
-            result.append(None)
-        else:
-            result.append(_wrap(*outs[3 * i : 3 * i + 3], m, 0 if s is None else s.numel()))
+    for i, m in enumerate((mode, mode_t)):
+        result.append(None if m is None else _wrap(outs[4 * i : 4 * i + 4], emits[i], m, dirs[i][1]))
     return result[0], result[1]
 
 
@@ -379,18 +475,20 @@ def quantize_2d(w: torch.Tensor) -> NVFP4Tensor:
         raise ValueError(f"2-D block scaling: rows {w.shape[0]} is not a multiple of {F.BLOCK}")
     if w.numel() == 0:
         raise ValueError(f"empty input of shape {tuple(w.shape)}")
-    data, scales, ts = _quantize_2d_op(_contiguous(w))
-    return _wrap(data, scales, ts, "rtn_2d", 0)
+    data, scales, ts = _eager(_quantize_2d_op, _quantize_2d_impl)(_contiguous(w))
+    return NVFP4Tensor(data, scales.view(torch.float8_e4m3fn), ts, mode="rtn_2d", rotation=0)
 
 
 def requantize(
     t: NVFP4Tensor,
     *,
-    signs: torch.Tensor,
+    signs: Signs,
     generator: Optional[torch.Generator] = None,
     seed: Optional[int] = None,
     offset: int = 0,
-) -> NVFP4Tensor:
+    step: Optional[torch.Tensor] = None,
+    emit: str = "fp4",
+) -> "NVFP4Tensor | BF16Operand":
     """Saved FP4 → dequantize → transpose → rotate → MS-EDEN, in one kernel (plus its amax pass)."""
     if not isinstance(t, NVFP4Tensor):
         raise ValueError(f"requantize needs an NVFP4Tensor, got {type(t).__name__}")
@@ -400,33 +498,46 @@ def requantize(
         raise ValueError(f"requantize: rows {rows} (the new quantized dim) is not a multiple of 128")
     if rows == 0 or cols == 0:
         raise ValueError(f"empty input of shape {t.shape}")
-    s = _prep_signs(signs, t.data, "ms_eden", rows, "t.T")
+    sg, rot, soff = _prep_signs(signs, t.data, "ms_eden", rows, "t.T")
     key = resolve_seed("ms_eden", seed, generator)
+    e = _check_emit(emit)
     data = _contiguous(t.data)
     scales = t.block_scales.view(torch.uint8).contiguous()
     ts = t.tensor_scale.reshape(1).float().contiguous()
-    outs = _quantize_op(
-        data, scales, ts, rows, cols, -1, None, 0, 0, None, MODE_IDS["ms_eden"], s, _signed64(key), _signed64(offset), None
-    )
-    return _wrap(*outs[3:6], "ms_eden", s.numel())
+    outs = _eager(_quantize_op, _quantize_impl)(
+        data, scales, ts, rows, cols, _prep_step(step, data),
+        -1, 0, None, 0, 0, 0, None, 0,
+        MODE_IDS["ms_eden"], rot, sg, _signed64(key), _signed64(offset), soff, None, e,
+    )  # fmt: skip
+    return _wrap(outs[4:8], e, "ms_eden", rot)
 
 
 def dequantize(t: NVFP4Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """`(decode(code) · s_b) · s_t` in float32, cast to `dtype` (float32, bfloat16, float16)."""
     if dtype not in _INPUT_DTYPES:
         raise ValueError(f"dequantize: dtype must be float32, bfloat16 or float16, got {dtype}")
+    if isinstance(t, BF16Operand):
+        return t.dequantize(dtype)
     _require(t.data, "t.data")
     if t.data.numel() == 0:
         return torch.empty(t.shape, dtype=dtype, device=t.device)
-    return _dequantize_op(_contiguous(t.data), t.block_scales.contiguous(), t.tensor_scale, True, dtype)
+    return _eager(_dequantize_op, _dequantize_impl)(
+        _contiguous(t.data), t.block_scales.contiguous(), t.tensor_scale, True, dtype
+    )
 
 
-def dequantize_unscaled(t: NVFP4Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """`decode(code) · s_b` (exact in BF16): the GEMM-emulation operand."""
+def dequantize_unscaled(t: "NVFP4Tensor | BF16Operand", dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """`decode(code) · s_b` (exact in BF16): the GEMM-emulation operand (no pass if already there)."""
+    if isinstance(t, BF16Operand):
+        return t.values if dtype == torch.bfloat16 else t.values.to(dtype)
+    if t.operand is not None and dtype == torch.bfloat16:
+        return t.operand.values
     _require(t.data, "t.data")
     if t.data.numel() == 0:
         return torch.empty(t.shape, dtype=dtype, device=t.device)
-    return _dequantize_op(_contiguous(t.data), t.block_scales.contiguous(), t.tensor_scale, False, dtype)
+    return _eager(_dequantize_op, _dequantize_impl)(
+        _contiguous(t.data), t.block_scales.contiguous(), t.tensor_scale, False, dtype
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -466,22 +577,64 @@ def _gemm_native(a: NVFP4Tensor, b: NVFP4Tensor) -> torch.Tensor:
         return torch._scaled_mm(*args, out_dtype=torch.bfloat16)
 
 
-def _gemm_emulated(a: NVFP4Tensor, b: NVFP4Tensor) -> torch.Tensor:
-    """Hopper: decode both operands to BF16 exactly, BF16 GEMM with FP32 accumulation and output."""
-    da = dequantize_unscaled(a, torch.bfloat16)
-    db = dequantize_unscaled(b, torch.bfloat16)
-    return torch.mm(da, db.t(), out_dtype=torch.float32)
+def _gemm_bf16_impl(
+    a: torch.Tensor, b: torch.Tensor, ta: torch.Tensor, tb: torch.Tensor, bias: Optional[torch.Tensor],
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """`(a · bᵀ) · (ta · tb) (+ bias)` for the exact BF16 operands, FP32 accumulation: one cuBLASLt
+    call whose epilogue applies alpha (read on the device), the bias and the cast."""
+    out = torch.empty(a.shape[0], b.shape[0], dtype=out_dtype, device=a.device)
+    ta, tb = ta.reshape(1).float(), tb.reshape(1).float()
+    if _C.gemm_bf16(a, b, ta, tb, bias, out):
+        return out
+    # No cuBLASLt algorithm for this problem (e.g. an odd bias alignment): the unfused form.
+    acc = torch.mm(a, b.t(), out_dtype=torch.float32).mul_(ta * tb)
+    if bias is not None:
+        acc.add_(bias.float())
+    return out.copy_(acc)
 
 
-def gemm(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """`a · bᵀ` for NVFP4 `a` (M×K) and `b` (N×K): `(Da · Dbᵀ) · (s_a · s_b)`, FP32 accumulation."""
+_gemm_bf16_op = torch.library.custom_op("quartet_te::gemm_bf16", mutates_args=())(_gemm_bf16_impl)
+
+
+@_gemm_bf16_op.register_fake
+def _(a, b, ta, tb, bias, out_dtype):
+    return a.new_empty(a.shape[0], b.shape[0], dtype=out_dtype)
+
+
+_GEMM_OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def gemm(
+    a: "NVFP4Tensor | BF16Operand", b: "NVFP4Tensor | BF16Operand", out_dtype: torch.dtype = torch.float32,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """`a · bᵀ (+ bias)` for quantized `a` (M×K) and `b` (N×K): `(Da · Dbᵀ) · (s_a · s_b) + bias`,
+    FP32 accumulation, rounded once to `out_dtype`.
+
+    Hopper: one BF16 GEMM on the exact decoded operands (written by the quantizers when they
+    emitted them, else decoded here), alpha/bias/cast in its epilogue. Blackwell: the native
+    NVFP4 GEMM (needs packed FP4 operands).
+    """
     check_gemm_operands(a, b)
-    _require(a.data, "a.data")
-    backend = _device_backend(a.device)
-    acc = _gemm_native(a, b) if backend == "native" else _gemm_emulated(a, b)
-    alpha = a.tensor_scale.float() * b.tensor_scale.float()
-    # In place on the FP32 product (one pass, no second M×N buffer); the cast is a no-op for FP32.
-    return acc.float().mul_(alpha).to(out_dtype)
+    _require(a.values if isinstance(a, BF16Operand) else a.data, "a")
+    if out_dtype not in _GEMM_OUT_DTYPES:
+        raise ValueError(f"gemm: out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
+    if bias is not None:
+        if bias.dim() != 1 or bias.shape[0] != b.shape[0] or bias.device != a.device:
+            raise ValueError(f"gemm: bias must be a vector of N={b.shape[0]} on {a.device}, got {tuple(bias.shape)}")
+        if bias.dtype not in _GEMM_OUT_DTYPES:
+            raise ValueError(f"gemm: bias dtype {bias.dtype} is not a float type")
+    native = _device_backend(a.device) == "native"
+    if native and isinstance(a, NVFP4Tensor) and isinstance(b, NVFP4Tensor):
+        acc = _gemm_native(a, b).float().mul_(a.tensor_scale.float() * b.tensor_scale.float())
+        if bias is not None:
+            acc.add_(bias.float())
+        return acc.to(out_dtype)
+    da = _contiguous(dequantize_unscaled(a, torch.bfloat16))
+    db = _contiguous(dequantize_unscaled(b, torch.bfloat16))
+    bias = None if bias is None else bias.contiguous()
+    return _eager(_gemm_bf16_op, _gemm_bf16_impl)(da, db, a.tensor_scale, b.tensor_scale, bias, out_dtype)
 
 
 __all__ = [

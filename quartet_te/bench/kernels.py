@@ -56,38 +56,56 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * 4 / (ms * 1e-3)
 
 
+def bf16_gemm_flops(n: int = 8192) -> float:
+    """FLOP/s of an n³ BF16 GEMM on random data (the matrix-unit ceiling measured here)."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    ms = _bench(lambda: a @ b)
+    return 2 * n**3 / (ms * 1e-3)
+
+
 def _nvfp4_bytes(rows: int, cols: int) -> int:
     return rows * cols // 2 + rows * cols // 16 + 4
 
 
 def kernel_table(rows: int, cols: int, copy_bw: float) -> list[tuple[str, float, float, float]]:
-    """(name, ms, GB/s over minimal bytes, fraction of copy) for each kernel at x (rows, cols) bf16."""
+    """(name, ms, GB/s over minimal bytes, fraction of copy) for each kernel at x (rows, cols) bf16.
+
+    Minimal bytes: the input once, every output once (packed FP4 + scales: 0.5625 B/element; the
+    emitted BF16 operand: 2 B/element)."""
+    from ..rotation import SignStream
+
     gen = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16, generator=gen)
     signs = R.random_signs(128, 1, 2, "cuda")
+    stream = SignStream(128, 0)
+    step = torch.tensor([3], dtype=torch.int64, device="cuda")
     amax = x.float().abs().amax()
     amax_rot = R.hadamard_rotate(x[:256], signs).abs().amax() * 4  # any positive value: timing only
     inp = rows * cols * 2
     q = _nvfp4_bytes(rows, cols)
+    op = rows * cols * 2
     fp4 = K.quantize(x, "four_over_six")
+    eden = dict(signs=stream, seed=1, step=step)
     cases = [
         ("rtn row (+amax pass)", lambda: K.quantize(x, "rtn"), inp + q),
         ("rtn row, given amax", lambda: K.quantize(x, "rtn", amax=amax), inp + q),
         ("4/6 row, given amax", lambda: K.quantize(x, "four_over_six", amax=amax), inp + q),
         ("4/6 row (+amax pass)", lambda: K.quantize(x, "four_over_six"), inp + q),
+        ("4/6 row fp4+bf16 (+amax): forward", lambda: K.quantize(x, "four_over_six", emit="both"), inp + q + op),
         ("4/6 col, given amax", lambda: K.quantize(x, "four_over_six", amax=amax, transpose=True), inp + q),
-        ("4/6 row+col, given amax", lambda: K.quantize_both(x, "four_over_six", amax=amax, amax_t=amax), inp + 2 * q),
         ("sr row, given amax", lambda: K.quantize(x, "sr", seed=1, amax=amax), inp + q),
         ("sr+rht16 col, given amax",
          lambda: K.quantize(x, "sr", seed=1, signs=signs[:16], amax=amax, transpose=True), inp + q),
-        ("ms_eden row, given amax", lambda: K.quantize(x, "ms_eden", signs=signs, seed=1, amax=amax_rot), inp + q),
-        ("ms_eden row (+amax pass)", lambda: K.quantize(x, "ms_eden", signs=signs, seed=1), inp + q),
-        ("ms_eden col, given amax",
-         lambda: K.quantize(x, "ms_eden", signs=signs, seed=1, amax=amax_rot, transpose=True), inp + q),
-        ("ms_eden col (+amax pass)", lambda: K.quantize(x, "ms_eden", signs=signs, seed=1, transpose=True), inp + q),
-        ("ms_eden row+col (+amax pass)",
-         lambda: K.quantize_both(x, "ms_eden", signs=signs, seed=1, offset_t=1), inp + 2 * q),
-        ("requantize fp4->ms_eden^T (+amax)", lambda: K.requantize(fp4, signs=signs, seed=1), 2 * q),
+        ("ms_eden row, given amax", lambda: K.quantize(x, "ms_eden", amax=amax_rot, **eden), inp + q),
+        ("ms_eden row (+amax pass)", lambda: K.quantize(x, "ms_eden", **eden), inp + q),
+        ("ms_eden row bf16 (+amax)", lambda: K.quantize(x, "ms_eden", emit="bf16", **eden), inp + op),
+        ("ms_eden col (+amax pass)", lambda: K.quantize(x, "ms_eden", transpose=True, **eden), inp + q),
+        ("ms_eden row+col bf16 (+amax): e",
+         lambda: K.quantize_both(x, "ms_eden", offset=1, emit="bf16", mode_t="ms_eden", offset_t=3, emit_t="bf16",
+                                 signs=stream, seed=1, step=step), inp + 2 * op),
+        ("requantize fp4->ms_eden^T (+amax)", lambda: K.requantize(fp4, **eden), 2 * q),
+        ("requantize fp4->bf16 ms_eden^T (+amax)", lambda: K.requantize(fp4, emit="bf16", **eden), q + op),
         ("dequantize -> bf16", lambda: K.dequantize(fp4, torch.bfloat16), q + inp),
         ("quantize_2d (+amax pass)", lambda: K.quantize_2d(x), inp + q),
     ]  # fmt: skip
@@ -127,15 +145,17 @@ def _saved_bytes(layer: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
     return kept, peak
 
 
-def linear_table(shapes: list[tuple[int, int, int]]) -> list[dict]:
+def linear_table(shapes: list[tuple[int, int, int]], graphs: bool = True) -> list[dict]:
+    """Forward+backward ms of one linear (bf16 in/out, no bias) side by side: torch BF16, TE BF16
+    `te.Linear`, TE FP8 `te.Linear` (current scaling), ours (`QuartetLinear`, eager and replayed
+    from a CUDA graph), plus activation memory."""
     from ..linear import QuartetLinear
 
     try:
-        import transformer_engine.pytorch as te  # noqa: F401
-
-        have_te = True
+        import transformer_engine.pytorch as te
+        from transformer_engine.common import recipe as te_recipe
     except Exception:  # noqa: BLE001 - any import failure means "not staged"
-        have_te = False
+        te = None
     rows = []
     for m, k, n in shapes:
         gen = torch.Generator(device="cuda").manual_seed(1)
@@ -146,27 +166,51 @@ def linear_table(shapes: list[tuple[int, int, int]]) -> list[dict]:
         row = {"shape": (m, k, n)}
         row["bf16_ms"] = _bench(_linear_step(bf16, x, g), 400)
         row["ours_ms"] = _bench(_linear_step(ours, x, g), 400)
+        if graphs:
+            row["ours_graph_ms"] = _bench(_graphed_step(ours, x, g), 400)
         # BF16 keeps x itself for the backward (an activation that would otherwise be freed).
         row["bf16_saved"] = m * k * 2
         row["ours_saved"], row["ours_peak"] = _saved_bytes(ours, x)
         row["ours_act"] = row["ours_saved"] - _nvfp4_bytes(n, k)  # minus the FP4 weight copy
         _, row["bf16_peak"] = _saved_bytes(bf16, x)
-        if have_te:
-            import transformer_engine.pytorch as te
-
+        if te is not None:
             tel = te.Linear(k, n, bias=False, params_dtype=torch.bfloat16, device="cuda")
-
-            def te_step() -> None:
-                with te.fp8_autocast(enabled=True):
-                    tel.weight.grad = None
-                    x.grad = None
-                    tel(x).backward(g)
-
-            row["te_fp8_ms"] = _bench(te_step, 400)
+            row["te_bf16_ms"] = _bench(_te_step(te, tel, x, g, None), 400)
+            row["te_fp8_ms"] = _bench(_te_step(te, tel, x, g, te_recipe.Float8CurrentScaling()), 400)
+            del tel
         rows.append(row)
         del ours, bf16, x, g
         torch.cuda.empty_cache()
     return rows
+
+
+def _te_step(te, layer, x, g, recipe) -> Callable[[], None]:
+    def step() -> None:
+        layer.weight.grad = None
+        x.grad = None
+        with te.autocast(enabled=recipe is not None, recipe=recipe):
+            y = layer(x)
+        y.backward(g)
+
+    return step
+
+
+def _graphed_step(layer: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable[[], None]:
+    """`layer`'s forward+backward captured once in a CUDA graph; each call replays it (fresh
+    randomness per replay: the kernels read the layer's device step counter)."""
+    step = _linear_step(layer, x, g)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    layer.weight.grad = None
+    x.grad = None
+    with torch.cuda.graph(graph):
+        layer(x).backward(g)
+    return graph.replay
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,35 +228,40 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# quartet_te.bench.kernels  {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"# device: {props.name}, {props.multi_processor_count} SMs, torch {torch.__version__}")
     bw = copy_bandwidth()
-    print(f"\ncopy bandwidth (read+write, 1 GiB fp32): {bw / 1e12:.2f} TB/s\n")
+    flops = bf16_gemm_flops()
+    print(f"\ncopy bandwidth (read+write, 1 GiB fp32): {bw / 1e12:.2f} TB/s; BF16 GEMM 8192^3: {flops / 1e12:.0f} TFLOP/s\n")
 
     kshapes = [(8192, 8192)] if args.quick else [(8192, 8192), (16384, 4096)]
     for rows, cols in kshapes:
         print(f"kernels, x = ({rows}, {cols}) bf16; GB/s over the minimal bytes (input once, outputs once)")
-        print(f"{'kernel':<36}{'ms':>9}{'GB/s':>9}{'of copy':>9}")
+        print(f"{'kernel':<40}{'ms':>9}{'GB/s':>9}{'of copy':>9}")
         for name, ms, gbs, frac in kernel_table(rows, cols, bw):
-            print(f"{name:<36}{ms:>9.3f}{gbs:>9.0f}{frac:>8.0%}")
+            print(f"{name:<40}{ms:>9.3f}{gbs:>9.0f}{frac:>8.0%}")
         print()
 
     lshapes = [(8192, 4096, 4096), (8192, 8192, 8192)]
     if not args.quick:
         lshapes += [(16384, 4096, 4096), (16384, 8192, 8192)]
-    print("linear forward+backward, bf16 in/out (tokens, K, N). act: activation bytes kept for the")
-    print("backward (ours: x̂; bf16: x itself); kept: everything the forward keeps (ours adds the FP4")
-    print("weight copy); peak: max allocated above the inputs during forward+backward")
+    print("linear forward+backward, bf16 in/out, no bias (tokens, K, N), ms (do_bench median, L2 flushed).")
+    print("ours: QuartetLinear eager; graph: the same replayed from a CUDA graph; te: te.Linear BF16 / FP8")
+    print("(current scaling). act: activation bytes kept for the backward (ours: x̂; bf16: x itself); kept:")
+    print("everything the forward keeps (ours adds the FP4 weight copy); peak: max allocated during fwd+bwd")
     rows = linear_table(lshapes)
-    hdr = f"{'(M, K, N)':<22}{'bf16 ms':>9}{'ours ms':>9}{'ratio':>7}"
     te_on = any("te_fp8_ms" in r for r in rows)
+    hdr = f"{'(M, K, N)':<22}{'torch bf16':>11}"
     if te_on:
-        hdr += f"{'te fp8 ms':>10}"
-    hdr += f"{'act ours/bf16':>15}{'kept ours/bf16':>16}{'peak ours/bf16':>16}"
+        hdr += f"{'te bf16':>9}{'te fp8':>9}"
+    hdr += f"{'ours':>9}{'graph':>9}{'ours/bf16':>10}{'graph/bf16':>11}"
+    hdr += f"{'act':>7}{'kept':>7}{'peak':>7}"
     print(hdr)
     for r in rows:
-        line = f"{str(r['shape']):<22}{r['bf16_ms']:>9.3f}{r['ours_ms']:>9.3f}{r['ours_ms'] / r['bf16_ms']:>7.2f}"
+        line = f"{str(r['shape']):<22}{r['bf16_ms']:>11.3f}"
         if te_on:
-            line += f"{r.get('te_fp8_ms', float('nan')):>10.3f}"
-        line += f"{r['ours_act'] / r['bf16_saved']:>15.3f}{r['ours_saved'] / r['bf16_saved']:>16.3f}"
-        line += f"{r['ours_peak'] / r['bf16_peak']:>16.3f}"
+            line += f"{r.get('te_bf16_ms', float('nan')):>9.3f}{r.get('te_fp8_ms', float('nan')):>9.3f}"
+        gms = r.get("ours_graph_ms", float("nan"))
+        line += f"{r['ours_ms']:>9.3f}{gms:>9.3f}{r['ours_ms'] / r['bf16_ms']:>10.2f}{gms / r['bf16_ms']:>11.2f}"
+        line += f"{r['ours_act'] / r['bf16_saved']:>7.3f}{r['ours_saved'] / r['bf16_saved']:>7.3f}"
+        line += f"{r['ours_peak'] / r['bf16_peak']:>7.2f}"
         print(line)
 
     if args.profile:

@@ -31,6 +31,12 @@ M4 = 4.0
 M_EDEN = _f32(6.0 / O_EDEN)
 M_SR = _f32(6.0 * 16.0 / 17.0)
 INV_SQRT = {16: 0.25, 128: _f32(1.0 / math.sqrt(128.0))}
+# The rotation runs on chunks pre-scaled by 1/n (exact: a power of two) so that its butterfly
+# sums never overflow, and multiplies by SQRT_N = n * INV_SQRT[n] (exact) at the end: the same
+# bits as scaling by INV_SQRT after an unscaled butterfly wherever that one does not overflow.
+INV_N = {16: 2.0**-4, 128: 2.0**-7}
+SQRT_N = {n: _f32(n * INV_SQRT[n]) for n in INV_SQRT}
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 # Midpoints between grid magnitudes; True where a tie rounds up (to the even code).
 _MIDPOINTS = ((0.25, False), (0.75, True), (1.25, False), (1.75, True), (2.5, False), (3.5, True), (5.0, False))

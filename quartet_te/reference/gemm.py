@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import torch
 
-from ..tensor import NVFP4Tensor
+from ..tensor import BF16Operand, NVFP4Tensor
+
+Quantized = (NVFP4Tensor, BF16Operand)
 
 
-def check_gemm_operands(a: NVFP4Tensor, b: NVFP4Tensor) -> None:
+def check_gemm_operands(a: NVFP4Tensor | BF16Operand, b: NVFP4Tensor | BF16Operand) -> None:
     """Raise ValueError unless `a` (M×K) and `b` (N×K) can be multiplied as `a · bᵀ`."""
     for name, t in (("a", a), ("b", b)):
-        if not isinstance(t, NVFP4Tensor):
-            raise ValueError(f"gemm operand {name} must be an NVFP4Tensor, got {type(t).__name__}")
+        if not isinstance(t, Quantized):
+            raise ValueError(f"gemm operand {name} must be an NVFP4Tensor or BF16Operand, got {type(t).__name__}")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"K dimension mismatch: a is {a.shape} (K={a.shape[1]}), b is {b.shape} (K={b.shape[1]})")
     if a.rotation != b.rotation:
@@ -19,9 +21,16 @@ def check_gemm_operands(a: NVFP4Tensor, b: NVFP4Tensor) -> None:
         raise ValueError(f"operands on different devices: {a.device} and {b.device}")
 
 
-def gemm(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """`a · bᵀ` for NVFP4 `a` (M×K) and `b` (N×K): `(Da · Dbᵀ) · (s_a · s_b)`, FP32 accumulation."""
+def gemm(
+    a: NVFP4Tensor | BF16Operand, b: NVFP4Tensor | BF16Operand, out_dtype: torch.dtype = torch.float32,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`a · bᵀ (+ bias)` for quantized `a` (M×K) and `b` (N×K): `(Da · Dbᵀ) · (s_a · s_b)`, FP32
+    accumulation, then the bias in FP32, rounded once to `out_dtype`."""
     check_gemm_operands(a, b)
     acc = a.dequantize_unscaled() @ b.dequantize_unscaled().t()
     alpha = a.tensor_scale.float() * b.tensor_scale.float()
-    return (acc * alpha).to(out_dtype)
+    out = acc * alpha
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)

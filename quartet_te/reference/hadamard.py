@@ -2,13 +2,15 @@
 
 `hadamard_rotate(x, signs)` maps every contiguous chunk `v` to `v · diag(signs) · H / √n`
 (signs first, then the Sylvester Hadamard transform), by the in-place butterfly of
-`docs/numerics.md` so the CUDA kernels reproduce it bit for bit.
+`docs/numerics.md` so the CUDA kernels reproduce it bit for bit. The chunk is scaled by 1/n
+before the butterfly and by √n after it (both exact: n·(1/√n) is a float32 product of a power of
+two), so no partial sum can overflow on finite data.
 """
 from __future__ import annotations
 
 import torch
 
-from .formats import INV_SQRT
+from .formats import INV_N, INV_SQRT, SQRT_N
 
 
 def check_signs(signs: torch.Tensor) -> int:
@@ -42,15 +44,16 @@ def hadamard_rotate(x: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] % n:
         raise ValueError(f"last dim {x.shape[-1]} is not a multiple of the rotation size {n}")
     xf = x.float()
-    chunks = xf.reshape(*xf.shape[:-1], -1, n) * signs.to(device=x.device, dtype=torch.float32)
-    return fwht(chunks, n).reshape(xf.shape) * INV_SQRT[n]
+    scaled_signs = signs.to(device=x.device, dtype=torch.float32) * INV_N[n]  # ±1/n, exact
+    chunks = xf.reshape(*xf.shape[:-1], -1, n) * scaled_signs
+    return fwht(chunks, n).reshape(xf.shape) * SQRT_N[n]
 
 
 def hadamard_unrotate(y: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
     """Inverse of `hadamard_rotate` (H/√n is symmetric and orthogonal): y·H/√n·diag(signs)."""
     n = check_signs(signs)
     yf = y.float()
-    z = fwht(yf.reshape(*yf.shape[:-1], -1, n), n) * INV_SQRT[n]
+    z = fwht(yf.reshape(*yf.shape[:-1], -1, n) * INV_N[n], n) * SQRT_N[n]
     return (z * signs.to(device=y.device, dtype=torch.float32)).reshape(yf.shape)
 
 

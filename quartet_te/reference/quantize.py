@@ -10,9 +10,11 @@ scale; see `docs/numerics.md` for the exact operations):
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
-from ..tensor import NVFP4Tensor
+from ..tensor import BF16Operand, NVFP4Tensor
 from . import formats as F
 from .hadamard import check_signs, hadamard_rotate
 from .rng import seed_from_generator, uniform
@@ -43,6 +45,13 @@ def tensor_scale(amax: torch.Tensor, divisor: float) -> torch.Tensor:
     return torch.where(torch.isfinite(amax), s, torch.full_like(s, float("nan")))
 
 
+def inverse_scale(s: torch.Tensor) -> torch.Tensor:
+    """`1 / s` correctly rounded, capped at the float32 maximum (a subnormal `s` would give inf);
+    NaN stays NaN. Quantizers multiply by it instead of dividing by `s` (docs/numerics.md)."""
+    r = torch.ones_like(s, dtype=torch.float32) / s.float()
+    return torch.where(r > F.FLOAT32_MAX, torch.full_like(r, F.FLOAT32_MAX), r)
+
+
 def block_scales(xs: torch.Tensor, target: float) -> torch.Tensor:
     """E4M3 block scales (rows, cols/16) mapping each block's max |xs| to `target`; 0 → 1."""
     a_b = xs.abs().reshape(xs.shape[0], -1, F.BLOCK).amax(-1)
@@ -52,8 +61,9 @@ def block_scales(xs: torch.Tensor, target: float) -> torch.Tensor:
 
 
 def _scaled(xs: torch.Tensor, s_b: torch.Tensor) -> torch.Tensor:
-    """u = xs / s_b, block scales broadcast over their 16 elements."""
-    r = xs.reshape(xs.shape[0], -1, F.BLOCK) / s_b.float().unsqueeze(-1)
+    """u = xs · (1 / s_b), block scales broadcast over their 16 elements (an E4M3 scale is in
+    [2^-9, 448]: its reciprocal is always a normal float32)."""
+    r = xs.reshape(xs.shape[0], -1, F.BLOCK) * inverse_scale(s_b).unsqueeze(-1)
     return r.reshape(xs.shape)
 
 
@@ -127,6 +137,30 @@ def check_input(x: torch.Tensor, what: str = "x") -> None:
         raise ValueError(f"{what}: the quantized (last) dim {x.shape[1]} is not a multiple of {F.BLOCK}")
 
 
+def check_seed(seed: object, what: str = "seed") -> int:
+    """`seed` as an int, or TypeError / ValueError: it must be an integer (not a bool, which would
+    silently mean 0 or 1, nor a float, which would be truncated) in [0, 2**64)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{what} must be an int (the Philox key), got {type(seed).__name__} {seed!r}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"{what} must be in [0, 2**64), got {seed}")
+    return int(seed)
+
+
+def as_amax(amax: object, x: torch.Tensor) -> torch.Tensor | None:
+    """`amax` (None, a Python number or a one-element tensor) as a float32 0-d tensor on `x`'s
+    device; TypeError / ValueError naming a value that is neither."""
+    if amax is None:
+        return None
+    if isinstance(amax, torch.Tensor):
+        if amax.numel() != 1:
+            raise ValueError(f"amax must hold one value (max |x|), got a tensor of shape {tuple(amax.shape)}")
+        return amax.to(device=x.device, dtype=torch.float32).reshape(())
+    if isinstance(amax, bool) or not isinstance(amax, numbers.Real):
+        raise TypeError(f"amax must be a number or a one-element tensor (max |x|), got {type(amax).__name__} {amax!r}")
+    return torch.tensor(float(amax), dtype=torch.float32, device=x.device)
+
+
 def resolve_seed(mode: str, seed: int | None, generator: torch.Generator | None) -> int:
     """The Philox key for a random mode: `seed` if given, else one drawn from `generator`."""
     if mode not in _RANDOM_MODES:
@@ -135,7 +169,7 @@ def resolve_seed(mode: str, seed: int | None, generator: torch.Generator | None)
         raise ValueError("pass either seed or generator, not both")
     if seed is None and generator is None:
         raise ValueError(f"mode {mode!r} is random: pass seed=<int> or generator=<torch.Generator>")
-    return int(seed) if seed is not None else seed_from_generator(generator)
+    return check_seed(seed) if seed is not None else seed_from_generator(generator)
 
 
 def quantize(
@@ -178,11 +212,12 @@ def quantize(
     if mode == "ms_eden" and xf.shape[1] % 128:
         raise ValueError(f"ms_eden: the quantized dim {xf.shape[1]} is not a multiple of 128")
     key = resolve_seed(mode, seed, generator)
+    amax = as_amax(amax, x)
     if amax is None:
         amax = xf.abs().amax() if xf.numel() else torch.zeros((), device=x.device)
     divisor = {"rtn": F.D_RTN, "sr": F.D_RTN, "four_over_six": F.D_46, "ms_eden": F.D_EDEN}[mode]
     s_t = tensor_scale(amax, divisor)
-    xs = xf / s_t
+    xs = xf * inverse_scale(s_t)
     if mode == "rtn" or mode == "four_over_six":
         codes, s_b = _quantize_rtn(xs, four_over_six=mode == "four_over_six")
     elif mode == "sr":
@@ -204,7 +239,7 @@ def quantize_2d(w: torch.Tensor) -> NVFP4Tensor:
         raise ValueError(f"2-D block scaling: rows {w.shape[0]} is not a multiple of {F.BLOCK}")
     wf = w.float()
     s_t = tensor_scale(wf.abs().amax() if wf.numel() else torch.zeros((), device=w.device), F.D_RTN)
-    xs = wf / s_t
+    xs = wf * inverse_scale(s_t)
     rows, cols = xs.shape
     tiles = xs.abs().reshape(rows // 16, 16, cols // 16, 16).amax(dim=(1, 3))
     s_tile = F.e4m3_rn(true_div(tiles, F.M6))
@@ -226,6 +261,10 @@ def transpose_2d(t: NVFP4Tensor) -> NVFP4Tensor:
 
 def dequantize(t: NVFP4Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """`(decode(code) · s_b) · s_t` in float32, cast to `dtype`."""
+    if not isinstance(t, (NVFP4Tensor, BF16Operand)):
+        raise TypeError(
+            f"dequantize needs an NVFP4Tensor or BF16Operand (what quantize returns), got {type(t).__name__}"
+        )
     return t.dequantize(dtype)
 
 

@@ -131,8 +131,8 @@ def test_zeros_and_tiny(mode):
 @pytest.mark.parametrize("log2_scale", [-125, -100, -60, 0, 40, 100], ids=lambda e: f"2^{e}")
 @pytest.mark.parametrize("mode", ["rtn", "four_over_six", "sr", "ms_eden"])
 def test_extreme_magnitudes_and_signed_zeros(mode, log2_scale, cgen):
-    # Tiny, huge and subnormal values, +0 and -0: the kernels' fast exact division must fall back
-    # to IEEE division exactly where it has to (tensor scales outside [2^-30, 2^30] included).
+    # Tiny, huge and subnormal values, +0 and -0: the reciprocal scaling (capped for a subnormal
+    # tensor scale) and the pre-scaled rotation must match the reference on every range.
     x = spread_randn(256, 256, cgen, torch.float32, device="cpu") * 2.0**log2_scale
     x[::7, ::3] = 0.0
     x[1::7, ::5] = -0.0
@@ -221,6 +221,7 @@ def test_errors_before_launch():
 
 def test_torch_compile_traces_custom_ops():
     x = torch.randn(256, 256, device="cuda")
-    f = torch.compile(lambda t: K._quantize_op(t, None, None, 256, 256, 1, None, 0, 0, None, -1, None, 0, 0, None)[0],
-                      fullgraph=True)  # fmt: skip
+    row = (K.MODE_IDS["four_over_six"], 0, None, 0, 0, 0, None, 3)  # mode, rot, signs, seed, offsets, amax, emit
+    off = (-1, 0, None, 0, 0, 0, None, 0)
+    f = torch.compile(lambda t: K._quantize_op(t, None, None, 256, 256, None, *row, *off)[0], fullgraph=True)
     assert torch.equal(f(x), K.quantize(x, "four_over_six").data)

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The Hopper fast path, measured side by side in one go on one GPU (BENCHMARKS.md §9):
+#   build  the extension (sm_90a), unless this machine already built the current sources
+#   tests  the kernel and fast-path device tests (bit-exact vs the reference), TE module tests
+#   kbench python -m quartet_te.bench.kernels (kernels vs copy bandwidth; linear vs torch BF16,
+#          TE BF16, TE FP8; CUDA-graph replay; activation memory)
+#   layer  one te.TransformerLayer (hidden 4096, seq 2048): BF16, TE FP8, quartet2, nvfp4-sr
+#   mlm    Megatron-LM's own pretrain_gpt.py (4 layers, hidden 1024, ffn 4096, seq 1024, mbs 8,
+#          mock data, TE layers): BF16, TE FP8, --fp4-recipe quartet2 through our launcher
+#          (MLM_RUNS adds e.g. bf16_graph: --cuda-graph-impl local, which our recipes refuse)
+# Usage: bash tools/gpu_fastpath.sh [stages...]   (default: build tests kbench layer mlm)
+# Needs Transformer Engine and megatron-core on PYTHONPATH for tests/layer/mlm, and a Megatron-LM
+# checkout (pretrain_gpt.py and megatron/) in $MEGATRON_LM (default .megatron-lm) for mlm.
+# Logs go to $OUT (default runs/gpu_fastpath).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${OUT:-runs/gpu_fastpath}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 PYTHONPATH=$ROOT:${PYTHONPATH:-}
+PY=${PYTHON:-python3}
+stages=${*:-"build tests kbench layer mlm"}
+
+built_stamp() { cat csrc/* setup.py | sha1sum | cut -c1-12; }
+
+for s in $stages; do
+  echo "== $s ($(date -u +%H:%M:%S))"
+  case $s in
+    build)
+      if [ -f quartet_te/.built ] && [ "$(cat quartet_te/.built)" = "$(built_stamp)" ] && ls quartet_te/_C*.so >/dev/null 2>&1; then
+        echo "extension up to date"
+      else
+        start=$(date +%s)
+        # The documented install (README "Install"): builds quartet_te._C in place.
+        if MAX_JOBS=16 QUARTET_TE_CUDA_ARCHS=90a QUARTET_TE_FORCE_CUDA=1 \
+            $PY -m pip install -v --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1; then
+          built_stamp >quartet_te/.built; echo "built in $(( $(date +%s) - start )) s"
+        else
+          tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+        fi
+      fi
+      $PY -c 'import quartet_te.kernels as K; print("kernels:", K.is_available(return_reason=True))' ;;
+    tests)
+      $PY -m pytest -m gpu tests/csrc tests/reference/test_device_parity.py -q -rfEs -p no:cacheprovider -x \
+        2>&1 | tee "$OUT/tests_csrc.log" | tail -8
+      if $PY -c 'import transformer_engine.pytorch' 2>/dev/null; then
+        PYTHONPATH=$ROOT/tests/te:$PYTHONPATH timeout 300 $PY -m pytest tests/te -m "not slow" -q -rfEs \
+          -p no:cacheprovider 2>&1 | tee "$OUT/tests_te.log" | tail -8
+      fi ;;
+    kbench)
+      timeout 420 $PY -m quartet_te.bench.kernels --profile 2>&1 | tee "$OUT/kbench.log" | grep -v "^$" | tail -70 ;;
+    layer)
+      timeout 300 $PY tests/te/bench_te_layer.py --hidden 4096 --ffn 16384 --heads 32 --seq 2048 --iters 10 \
+        --recipes bf16,fp8_current,quartet2,nvfp4-sr 2>&1 | tee "$OUT/layer.log" | tail -9 ;;
+    mlm)
+      MLM=${MEGATRON_LM:-$ROOT/.megatron-lm}
+      args=(--num-layers 4 --hidden-size 1024 --ffn-hidden-size 4096 --num-attention-heads 16
+            --seq-length 1024 --max-position-embeddings 1024 --micro-batch-size 8 --global-batch-size 8
+            --train-iters ${MLM_ITERS:-60} --lr 1e-4 --min-lr 1e-5 --lr-decay-style cosine --bf16
+            --mock-data --tokenizer-type NullTokenizer --vocab-size 32000 --transformer-impl transformer_engine
+            --log-interval 10 --eval-interval 100000 --eval-iters 0 --distributed-backend nccl
+            --no-gradient-accumulation-fusion --use-mcore-models)
+      for run in ${MLM_RUNS:-bf16 fp8 quartet2}; do
+        extra=(); entry=(pretrain_gpt.py)
+        [ $run = fp8 ] && extra=(--fp8-format hybrid --fp8-recipe tensorwise)
+        case $run in quartet2*) extra=(--fp4-format e2m1 --fp4-recipe quartet2)
+          entry=(-m quartet_te.integration.megatron.launch pretrain_gpt.py) ;; esac
+        case $run in *_graph) extra+=(--cuda-graph-impl local) ;; esac
+        (cd "$MLM" && PYTHONPATH=$MLM:$PYTHONPATH timeout ${MLM_TIMEOUT:-150} $PY -m torch.distributed.run --nproc-per-node 1 \
+          "${entry[@]}" "${args[@]}" "${extra[@]}" >"$OUT/mlm_$run.log" 2>&1)
+        echo "$run rc=$?: $(grep -o 'elapsed time per iteration (ms): [0-9.]*' "$OUT/mlm_$run.log" | awk '{print $NF}' | tr '\n' ' ')"
+        grep -E "Error|error:" "$OUT/mlm_$run.log" | grep -v -i warn | tail -3
+      done ;;
+    *) echo "unknown stage $s"; exit 2 ;;
+  esac
+done
