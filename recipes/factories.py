@@ -24,7 +24,7 @@ Usage::
 
 or simply ``with quartet_te.te.autocast(): ...``. Megatron-LM, with no code change:
 ``--fp4-format e2m1 --fp4-recipe custom --fp4-quantizer-factory
-quartet_te.recipes.factories.quartet2_factory`` (and ``...nvfp4_factory`` for the baseline).
+quartet_te.recipes.factories.quartet2_factory`` (and ``...nvfp4_sr_factory`` for the baseline).
 
 Importing this module does not import Transformer Engine; calling a factory does.
 """
@@ -45,7 +45,7 @@ class QuantizerFactory:
     extra state stores.
 
     Args:
-        recipe: a `Quartet2Recipe`, an `NVFP4Recipe`, or a preset name ("quartet2", "nvfp4", ...).
+        recipe: a `Quartet2Recipe`, an `NVFP4Recipe`, or a preset name ("quartet2", "nvfp4-sr", ...).
         skip: module names kept in high precision (TE's `name=`: exact, or a dotted suffix).
     """
 
@@ -110,9 +110,29 @@ def make_factory(recipe: "str | Recipe" = "quartet2", *, skip: Iterable[str] = (
     return QuantizerFactory(recipe, skip=skip)
 
 
-# Stable dotted paths (Megatron's --fp4-quantizer-factory).
+# Stable dotted paths (Megatron's --fp4-quantizer-factory), named after the presets.
 quartet2_factory = QuantizerFactory(Quartet2Recipe())
 quartet2_rot_factory = QuantizerFactory(Quartet2Recipe(forward_rotation=True))
-nvfp4_factory = QuantizerFactory(NVFP4Recipe())
+nvfp4_sr_factory = QuantizerFactory(NVFP4Recipe())
 
-__all__ = ["QuantizerFactory", "make_factory", "nvfp4_factory", "quartet2_factory", "quartet2_rot_factory"]
+# Renamed factories: old name -> (new name, the release that removes the old one).
+_DEPRECATED = {"nvfp4_factory": ("nvfp4_sr_factory", "0.2.0")}
+
+
+def __getattr__(name: str) -> Any:
+    """The deprecated aliases of `_DEPRECATED`, with a FutureWarning."""
+    if name in _DEPRECATED:
+        import warnings
+
+        new, removal = _DEPRECATED[name]
+        warnings.warn(
+            f"quartet_te.recipes.factories.{name} is deprecated and will be removed in quartet-te {removal}: "
+            f"use {new} (the recipe is named 'nvfp4-sr' on every path)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["QuantizerFactory", "make_factory", "nvfp4_sr_factory", "quartet2_factory", "quartet2_rot_factory"]

@@ -144,3 +144,36 @@ def test_real_corpus_smoke(tmp_path: Path) -> None:
         pytest.skip("no real corpus source installed")
     assert manifest["splits"]["train"]["tokens"] > 100_000 and manifest["splits"]["val"]["tokens"] > 0
     assert corpus.verify(tmp_path / "real") == []
+
+
+def test_damaged_manifest_is_named(tmp_path: Path) -> None:
+    """A truncated manifest.json used to surface as a bare JSONDecodeError."""
+    root, _ = _build(tmp_path, val_permille=200)
+    path = root / "manifest.json"
+    path.write_text(path.read_text("utf-8")[:200], "utf-8")
+    with pytest.raises(ValueError, match=r"manifest.json is damaged \(not valid JSON.*rebuild"):
+        corpus.load_shards(root)
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match="is damaged"):
+        corpus.verify(root)
+    path.write_text("[1, 2]", "utf-8")
+    with pytest.raises(ValueError, match="is format 'list', expected 'quartet-te-corpus/1'"):
+        corpus.load_manifest(root)
+
+
+def test_corpus_without_validation_split_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"val_permille=0 puts 42 of 42 documents in train and 0 in validation"):
+        _build(tmp_path, "none", val_permille=0)
+    with pytest.raises(ValueError, match=r"val_permille=1000 puts 0 of 42 documents in train"):
+        _build(tmp_path, "all", val_permille=1000)
+    root, manifest = _build(tmp_path, val_permille=200)
+    path = root / "manifest.json"
+    empty = json.loads(json.dumps(manifest))
+    empty["splits"]["val"].update(documents=0, tokens=0, shards=[])
+    path.write_text(json.dumps(empty), "utf-8")
+    with pytest.raises(ValueError, match=r"the 'val' split is empty \(built with val_permille=200"):
+        corpus.load_shards(root)
+    del empty["splits"]["val"]
+    path.write_text(json.dumps(empty), "utf-8")
+    with pytest.raises(ValueError, match=r"lists no 'val' split \(splits: \['train'\]\)"):
+        corpus.load_shards(root)

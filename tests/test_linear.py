@@ -101,7 +101,7 @@ def test_high_precision_gemms():
     assert torch.allclose(dx, e @ w, atol=1e-4) and torch.allclose(dw, e.t() @ x, atol=1e-3)
 
 
-@pytest.mark.parametrize("recipe", ["quartet2", "quartet2-rot", "nvfp4"])
+@pytest.mark.parametrize("recipe", ["quartet2", "quartet2-rot", "nvfp4-sr"])
 def test_same_seed_same_bits_other_seed_differs(recipe):
     x, w, b, e = _data(m=130)
     r = qt.get_recipe(recipe)
@@ -112,7 +112,7 @@ def test_same_seed_same_bits_other_seed_differs(recipe):
     assert not torch.equal(a[2], d[2])
 
 
-@pytest.mark.parametrize("recipe", ["quartet2", "nvfp4"])
+@pytest.mark.parametrize("recipe", ["quartet2", "nvfp4-sr"])
 def test_gradients_close_to_high_precision(recipe):
     # SQNR-style sanity bound: a single FP4 step stays well correlated with BF16 math.
     x, w, b, e = _data(m=256)
@@ -139,10 +139,10 @@ def test_module_state_dict_carries_the_rotation_step():
 def test_convert_swaps_linears_and_skips_named():
     model = nn.ModuleDict({"proj": nn.Linear(128, 128), "lm_head": nn.Linear(128, 256)})
     w = model["proj"].weight
-    qt.convert(model, "nvfp4")
+    qt.convert(model, "nvfp4-sr")
     assert isinstance(model["proj"], qt.QuartetLinear) and model["proj"].weight is w
     assert type(model["lm_head"]) is nn.Linear
-    assert model["proj"].recipe.name == "nvfp4"
+    assert model["proj"].recipe.name == "nvfp4-sr"
     # layers get distinct seeds from their names
     model2 = qt.convert(nn.ModuleDict({"a": nn.Linear(128, 128), "b": nn.Linear(128, 128)}))
     assert model2["a"].rotation.seed != model2["b"].rotation.seed
@@ -151,8 +151,8 @@ def test_convert_swaps_linears_and_skips_named():
 def test_bad_shapes_name_the_layer():
     with pytest.raises(ValueError, match="fc.*in_features=40.*multiple of 16"):
         qt.convert(nn.ModuleDict({"fc": nn.Linear(40, 128)}))
-    with pytest.raises(ValueError, match="out_features=100.*multiple of 16.*nvfp4"):
-        qt.QuartetLinear(128, 100, recipe="nvfp4")
+    with pytest.raises(ValueError, match="out_features=100.*multiple of 16.*nvfp4-sr"):
+        qt.QuartetLinear(128, 100, recipe="nvfp4-sr")
     with pytest.raises(ValueError, match="in_features=40.*multiple of 16"):
         qt.QuartetLinear(40, 128)
     with pytest.raises(ValueError, match="in_features=144.*multiple of 128"):

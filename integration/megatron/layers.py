@@ -3,6 +3,9 @@
 - `quartet_layer_spec(spec)`: any GPT layer/block spec (local or TE) with `TransformerLayer`
   replaced by `QuartetTransformerLayer` and, in local specs, the parallel linears by our
   subclasses. Nothing else changes (norms, attention, the BF16 output layer).
+- `check_layer_quantized(layer)`: after `register()`, every `TransformerLayer` checks that its
+  GEMMs run the selected recipe, so Megatron's own local spec fails loudly instead of training
+  in BF16.
 - `name_layer(layer, config)` / `name_layers(model)`: give every linear of a transformer layer a
   global, rank-free name `layer{L}.<path>` (L = the global 0-based layer number, the same on
   every TP rank and for PP=1 and PP=2). Local linears derive their rotation seed from it and
@@ -18,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any
 
@@ -32,7 +36,15 @@ from .local_linear import (
     QuartetRowParallelLinear,
 )
 
-__all__ = ["QuartetTransformerLayer", "layer_in_bf16", "name_layer", "name_layers", "quartet_layer_spec"]
+__all__ = [
+    "QuartetTransformerLayer",
+    "check_layer_quantized",
+    "install_layer_check",
+    "layer_in_bf16",
+    "name_layer",
+    "name_layers",
+    "quartet_layer_spec",
+]
 
 
 def layer_in_bf16(config: Any, layer_no: int) -> bool:
@@ -95,6 +107,68 @@ def name_layers(model: torch.nn.Module) -> int:
         if isinstance(module, TransformerLayer):
             count += name_layer(module, module.config)
     return count
+
+
+def _grouped_mlp_class() -> type | None:
+    try:
+        from megatron.core.transformer.moe.experts import GroupedMLP
+    except ImportError:
+        return None
+    return GroupedMLP
+
+
+def check_layer_quantized(layer: TransformerLayer) -> None:
+    """Raise ValueError if the config runs one of our recipes but a GEMM of `layer` would ignore
+    it and train in high precision without a word.
+
+    Megatron's local `ColumnParallelLinear` / `RowParallelLinear` never quantize (Megatron
+    quantizes only through TE): a layer from `get_gpt_layer_local_spec()` needs
+    `quartet_layer_spec`, which swaps them for our subclasses. Layers kept in BF16
+    (`--first-last-layers-bf16`) and TE layers pass.
+    """
+    from .registry import quartet_recipe
+
+    config = layer.config
+    recipe = quartet_recipe(config)
+    if recipe is None or layer_in_bf16(config, int(layer.layer_number) - 1):
+        return
+    grouped = _grouped_mlp_class()
+    plain, grouped_names = [], []
+    for rel, sub in layer.named_modules():
+        local = isinstance(sub, (ColumnParallelLinear, RowParallelLinear))
+        if local and not isinstance(sub, QuartetParallelLinearMixin):
+            plain.append(rel)
+        elif grouped is not None and isinstance(sub, grouped):
+            grouped_names.append(rel)
+    where = f"transformer layer {int(layer.layer_number) - 1} (fp4_recipe={recipe.name!r})"
+    if plain:
+        raise ValueError(
+            f"{where}: Megatron's local linears {plain} ignore fp4_recipe and would train in high "
+            "precision. Build the spec with quartet_te.integration.megatron.quartet_layer_spec, e.g. "
+            "quartet_layer_spec(get_gpt_layer_local_spec()), or use the TE spec"
+        )
+    if grouped_names:
+        raise ValueError(
+            f"{where}: {grouped_names} are Megatron's GroupedMLP (moe_grouped_gemm with the local spec), "
+            "whose expert GEMMs quartet_te does not quantize: use the TE spec (TEGroupedMLP) or "
+            "moe_grouped_gemm=False with quartet_layer_spec"
+        )
+
+
+def install_layer_check() -> None:
+    """Run `check_layer_quantized` at the end of every `TransformerLayer.__init__` (idempotent;
+    `register()` calls it)."""
+    original = TransformerLayer.__init__
+    if getattr(original, "__quartet_te__", False):
+        return
+
+    @functools.wraps(original)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        check_layer_quantized(self)
+
+    __init__.__quartet_te__ = True  # type: ignore[attr-defined]
+    TransformerLayer.__init__ = __init__
 
 
 class QuartetTransformerLayer(TransformerLayer):

@@ -113,15 +113,23 @@ class QuartetParallelLinearMixin:
         return {_EXTRA_KEY: {"name": self.quartet_name, **self.quartet_rotation.state_dict()}}
 
     def set_extra_state(self, state: Any) -> None:
-        """Restore the rotation state; checkpoints without one (BF16 runs) leave it as is."""
+        """Restore the rotation state; checkpoints without one (BF16 runs) leave it as is.
+
+        ValueError / TypeError for a malformed quartet_te entry (checked at load, not at a
+        later backward)."""
         if not isinstance(state, dict) or _EXTRA_KEY not in state:
             return
+        saved = state[_EXTRA_KEY]
+        if not isinstance(saved, dict) or not {"seed", "step"} <= set(saved):
+            raise ValueError(
+                f"{type(self).__name__} {self.quartet_name!r}: malformed quartet_te extra state {saved!r}; "
+                "expected a dict with 'name', 'seed' and 'step' (as get_extra_state writes)"
+            )
         if self.quartet_rotation is None:
             raise RuntimeError(
-                f"checkpoint holds a quartet_te rotation state for {state[_EXTRA_KEY].get('name')!r} "
+                f"checkpoint holds a quartet_te rotation state for {saved.get('name')!r} "
                 "but this layer is not quantized (different --fp4-recipe or BF16 layers?)"
             )
-        saved = state[_EXTRA_KEY]
         self.quartet_rotation.load_state_dict({"seed": saved["seed"], "step": saved["step"]})
 
 

@@ -29,25 +29,25 @@ import typing
 import warnings
 from typing import Any, Literal, Optional
 
+from quartet_te.recipes import RECIPE_NAMES
+
 __all__ = [
     "MEGATRON_RECIPES",
     "MIN_MEGATRON_CORE",
     "TESTED_MEGATRON_CORE",
+    "check_fp4_config",
     "is_registered",
     "megatron_core_version",
     "quartet_recipe",
     "register",
     "te_recipe",
+    "valid_fp4_recipes",
 ]
 
-# Megatron `fp4_recipe` name -> quartet_te.recipes preset. Megatron's own "nvfp4" means TE's
-# NVFP4BlockScaling (Blackwell only); our reimplementation of it is offered as "nvfp4-sr".
-MEGATRON_RECIPES: dict[str, str] = {
-    "quartet2": "quartet2",
-    "quartet2-rot": "quartet2-rot",
-    "quartet2-no46": "quartet2-no46",
-    "nvfp4-sr": "nvfp4",
-}
+# Megatron `fp4_recipe` name -> quartet_te.recipes preset: the same names on every path.
+# Megatron's own "nvfp4" means TE's NVFP4BlockScaling (Blackwell only); our reimplementation of
+# it is "nvfp4-sr" here as everywhere.
+MEGATRON_RECIPES: dict[str, str] = {name: name for name in RECIPE_NAMES}
 MIN_MEGATRON_CORE = "0.16.1"
 TESTED_MEGATRON_CORE = ("0.16.1", "0.19.2", "0.20.0")  # 0.20: Megatron-LM main, in-tree
 
@@ -125,6 +125,83 @@ def _widen_config_field(names: tuple[str, ...]) -> None:
         ann = cls.__dict__.get("__annotations__", {})
         if "fp4_recipe" in ann:
             ann["fp4_recipe"] = _widen_literal(ann["fp4_recipe"], names)
+
+
+def _literal_names(annotation: Any) -> tuple[str, ...]:
+    """The strings of the `Literal` inside `Optional[Literal[...]]` (empty if there is none)."""
+    if typing.get_origin(annotation) is Literal:
+        return tuple(typing.get_args(annotation))
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is Literal:
+            return tuple(typing.get_args(arg))
+    return ()
+
+
+def valid_fp4_recipes() -> tuple[str, ...]:
+    """Every `fp4_recipe` value `TransformerConfig` accepts now (Megatron's and, once
+    registered, ours)."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    return _literal_names(TransformerConfig.__dataclass_fields__["fp4_recipe"].type)
+
+
+def check_fp4_config(config: Any) -> None:
+    """Fail at config time instead of training something else than asked (run by every
+    `TransformerConfig.__post_init__` after `register()`):
+
+    - an `fp4_recipe` that no one implements (a typo such as "quartet3") is a ValueError naming
+      the valid names;
+    - one of our recipe names without `fp4="e2m1"` warns: the model would train in high
+      precision (Megatron reads `fp4_recipe` only when `fp4` is set);
+    - one of our recipes with Megatron's CUDA graphs is a ValueError: the graphed layers would
+      train in BF16.
+    """
+    name = _recipe_name(getattr(config, "fp4_recipe", None))
+    if name is None:
+        return
+    valid = valid_fp4_recipes()
+    if name not in valid:
+        raise ValueError(
+            f"fp4_recipe={name!r} is not a known FP4 recipe; expected one of {valid} "
+            f"(quartet_te's: {tuple(MEGATRON_RECIPES)}; Megatron's: nvfp4, custom)"
+        )
+    graphs = getattr(config, "cuda_graph_impl", "none") not in (None, "none") or any(
+        getattr(config, flag, False) for flag in ("enable_cuda_graph", "external_cuda_graph")
+    )
+    if name in MEGATRON_RECIPES and getattr(config, "fp4", None) and graphs:
+        # Measured with Megatron-LM main on an H200 (docs/fastpath_h200.md): with
+        # --cuda-graph-impl local the captured layers train like BF16, not under the recipe.
+        raise ValueError(
+            f"fp4_recipe={name!r} with Megatron's CUDA graphs (cuda_graph_impl="
+            f"{getattr(config, 'cuda_graph_impl', None)!r}) would train the graphed layers in BF16: "
+            "Megatron captures them outside the FP4 recipe. Use cuda_graph_impl='none' "
+            "(quartet_te's own layers are graph-safe: capture them with torch.cuda.graph)"
+        )
+    if name in MEGATRON_RECIPES and not getattr(config, "fp4", None):
+        warnings.warn(
+            f"fp4_recipe={name!r} has no effect without fp4='e2m1' (--fp4-format e2m1): this model "
+            "trains in high precision",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _wrap_post_init() -> None:
+    """Make `TransformerConfig.__post_init__` (and its subclasses', which call it) run
+    `check_fp4_config` first."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    original = TransformerConfig.__post_init__
+    if getattr(original, "__quartet_te__", False):
+        return
+
+    @functools.wraps(original)
+    def __post_init__(self) -> None:
+        check_fp4_config(self)
+        original(self)
+
+    __post_init__.__quartet_te__ = True  # type: ignore[attr-defined]
+    TransformerConfig.__post_init__ = __post_init__
 
 
 def quartet_recipe(config: Any) -> Any:
@@ -210,6 +287,10 @@ def register() -> None:
     parsers built afterwards accept `--fp4-recipe quartet2`, and `fp4_utils.get_fp4_recipe`
     (hence `get_fp4_context`, the TE layers' autocast) returns our recipe. Names: see
     `MEGATRON_RECIPES`. Raises ImportError if megatron-core is missing or older than 0.16.1.
+
+    It also makes silent fallbacks to high precision loud: `TransformerConfig` rejects unknown
+    `fp4_recipe` names (`check_fp4_config`), and a `TransformerLayer` whose local linears would
+    ignore our recipe raises (`layers.check_layer_quantized`).
     """
     with _LOCK:
         if _STATE["registered"]:
@@ -224,6 +305,10 @@ def register() -> None:
             )
         names = tuple(MEGATRON_RECIPES)
         _widen_config_field(names)
+        _wrap_post_init()
+        from .layers import install_layer_check
+
+        install_layer_check()
         original = fp4_utils.get_fp4_recipe
         if not getattr(original, "__quartet_te__", False):
             _STATE["original_get_fp4_recipe"] = original

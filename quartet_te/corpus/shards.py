@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -14,8 +15,10 @@ from .sources import DEFAULT_SOURCES, Document, Source, clean_text
 
 FORMAT = "quartet-te-corpus/1"
 EOT_ID = 0  # document separator; byte 0 never survives clean_text
-SHARD_MIB = 60  # carried in parts of at most this size, like shared/gpu's stack
+SHARD_MIB = 60  # default shard size limit, in MiB
 BPE_EOT = "<|endoftext|>"
+
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------- split
@@ -168,13 +171,15 @@ def _collect(sources: Sequence[Source], skip_missing: bool, log: Callable[[str],
 
 def build(out: Path | str, sources: Sequence[Source] = DEFAULT_SOURCES, tokenizer: str = "byte",
           vocab: int = 8192, val_permille: int = 10, shard_mib: float = SHARD_MIB,
-          skip_missing: bool = True, log: Callable[[str], None] = print) -> dict:
+          skip_missing: bool = True, log: Callable[[str], None] | None = None) -> dict:
     """Read, clean and split ``sources``, tokenize, write shards and ``manifest.json`` to ``out``.
 
     Returns the manifest. ``val_permille`` is the held-out share in thousandths (by documents).
     ``skip_missing``: leave out sources whose package is absent (recorded in the log) instead of
-    failing. The same inputs and arguments give byte-identical output.
+    failing. Progress goes to ``log`` (default: INFO on the ``quartet_te.corpus.shards`` logger).
+    The same inputs and arguments give byte-identical output.
     """
+    log = logger.info if log is None else log
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stale = [*out.glob("train_*.bin"), *out.glob("val_*.bin"), out / "manifest.json", out / "tokenizer.json"]
@@ -182,6 +187,10 @@ def build(out: Path | str, sources: Sequence[Source] = DEFAULT_SOURCES, tokenize
         old.unlink(missing_ok=True)
     docs, info = _collect(sources, skip_missing, log)
     train, val = _split(docs, val_permille)
+    if not train or not val:
+        raise ValueError(f"val_permille={val_permille} puts {len(train)} of {len(docs)} documents in train and "
+                         f"{len(val)} in validation: both splits need documents (use 0 < val_permille < 1000; a "
+                         "source needs two documents to be sure of one held out)")
     if tokenizer == "byte":
         codec: _ByteCodec | _BPECodec = _ByteCodec()
     elif tokenizer == "bpe":
@@ -219,10 +228,31 @@ def load_manifest(root: Path | str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no manifest.json in {root}: build it with "
                                 f"`python -m quartet_te.corpus build --out {root}`")
-    manifest = json.loads(path.read_text("utf-8"))
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path} is format {manifest.get('format')!r}, expected {FORMAT!r}")
+    try:
+        manifest = json.loads(path.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is damaged (not valid JSON: {exc}); rebuild the corpus with "
+                         f"`python -m quartet_te.corpus build --out {root}`") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"{path} is format {got!r}, expected {FORMAT!r}")
+    _check_splits(path, manifest)
     return manifest
+
+
+def _check_splits(path: Path, manifest: dict) -> None:
+    """ValueError unless the manifest lists a non-empty train and validation split: a corpus
+    without held-out documents cannot give the validation loss every run reports."""
+    splits = manifest.get("splits")
+    for split in ("train", "val"):
+        entry = splits.get(split) if isinstance(splits, dict) else None
+        if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list):
+            raise ValueError(f"{path} lists no {split!r} split (splits: "
+                             f"{sorted(splits) if isinstance(splits, dict) else splits!r}); rebuild the corpus")
+        if not entry.get("tokens"):
+            hint = (f" (built with val_permille={manifest.get('val_permille')!r}: use --val-permille > 0)"
+                    if split == "val" else "")
+            raise ValueError(f"{path}: the {split!r} split is empty{hint}; rebuild the corpus")
 
 
 def verify(root: Path | str) -> list[str]:

@@ -4,7 +4,7 @@
     with qte.autocast():                      # Quartet II defaults
         loss = model(x).sum()                 # te.Linear / LayerNormLinear / LayerNormMLP /
     loss.backward()                           # GroupedLinear / TransformerLayer
-    with qte.autocast(recipe="nvfp4"): ...    # NVIDIA's recipe, on Hopper too
+    with qte.autocast(recipe="nvfp4-sr"): ... # NVIDIA's recipe, on Hopper too
 
 Importing this package does not import Transformer Engine; `autocast`, `custom_recipe` and the
 factories do, and raise an ImportError naming `transformer_engine` when it is missing. The

@@ -87,7 +87,7 @@ def autocast(
     Args:
         enabled: run TE modules under the recipe (False: TE's high precision).
         recipe: `Quartet2Recipe` / `NVFP4Recipe` / preset name ("quartet2", "quartet2-rot",
-            "quartet2-no46", "nvfp4") / any TE recipe object; None means Quartet II defaults.
+            "quartet2-no46", "nvfp4-sr") / any TE recipe object; None means Quartet II defaults.
         skip: module names (TE `name=`) kept in high precision, e.g. ("lm_head",).
         te_kwargs: passed to `te.autocast` (e.g. `amax_reduction_group`).
     """
@@ -125,8 +125,13 @@ def rotation_state_dict(model: Any) -> dict[str, dict[str, int]]:
 
 def load_rotation_state_dict(model: Any, state: dict[str, dict[str, int]], strict: bool = True) -> None:
     """Restore `rotation_state_dict` output. The modules' quantizers must exist (run one forward
-    under the recipe first, e.g. under `torch.no_grad()`); with `strict`, keys must match."""
+    under the recipe first, e.g. under `torch.no_grad()`); with `strict`, keys must match.
+
+    All or nothing: every entry is checked (ValueError / TypeError naming the key) before any
+    is loaded."""
     require_te()
+    from ..rotation import RotationState
+
     found = dict(_grad_quantizers(model))
     missing, unexpected = sorted(set(found) - set(state)), sorted(set(state) - set(found))
     if strict and (missing or unexpected):
@@ -135,6 +140,12 @@ def load_rotation_state_dict(model: Any, state: dict[str, dict[str, int]], stric
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} "
             "(run one forward under the recipe before loading)"
         )
+    for key in found:
+        if key in state:
+            try:
+                RotationState(0).load_state_dict(state[key])  # a scratch state: validation only
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"rotation state {key!r}: {exc}") from exc
     for key, q in found.items():
         if key in state:
             q.rotation.load_state_dict(state[key])

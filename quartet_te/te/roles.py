@@ -60,7 +60,7 @@ class RoleFields:
 def check_skip(skip: Iterable[str]) -> tuple[str, ...]:
     """Validate the module names kept in high precision; returns them as a tuple."""
     if isinstance(skip, str):
-        raise TypeError(f"skip must be an iterable of module names, not a single str ({skip!r})")
+        raise TypeError(f"skip must be an iterable of module names, not a single str: use skip=({skip!r},)")
     out = tuple(skip)
     for name in out:
         if not isinstance(name, str) or not name:

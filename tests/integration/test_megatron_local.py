@@ -118,7 +118,8 @@ def test_megatron_nvfp4_name_is_rejected_on_local_layers():
 
 
 def test_without_fp4_the_layer_is_megatrons(gen):
-    cfg = _config(fp4=None)
+    with pytest.warns(UserWarning, match="has no effect without fp4='e2m1'"):
+        cfg = _config(fp4=None)
     layer = QuartetColumnParallelLinear(128, 256, config=cfg, init_method=_init, bias=False)
     layer.bind_quartet("layer0.bf16")
     assert not layer.quartet_active
@@ -163,3 +164,41 @@ def test_rotation_state_travels_in_the_state_dict(gen):
     fresh.load_state_dict(state)
     rot = fresh.decoder.layers[0].mlp.linear_fc1.quartet_rotation
     assert (rot.seed, rot.step) == (layer_seed(0, "layer0.mlp.linear_fc1"), 2)
+
+
+def test_megatrons_own_local_spec_fails_loudly(gen):
+    """get_gpt_layer_local_spec() without quartet_layer_spec used to build a model with no
+    quantized linear (bit-identical to BF16) under fp4_recipe='quartet2', without a word."""
+    with pytest.raises(ValueError, match=r"transformer layer 0 \(fp4_recipe='quartet2'\): Megatron's local "
+                                         r"linears \['self_attention.linear_proj', .*quartet_layer_spec"):
+        GPTModel(config=_config(), transformer_layer_spec=get_gpt_layer_local_spec(), vocab_size=256,
+                 max_sequence_length=64)
+    with pytest.raises(ValueError, match="fp4_recipe='nvfp4-sr'.*quartet_layer_spec"):
+        GPTModel(config=_config(fp4_recipe="nvfp4-sr"), transformer_layer_spec=get_gpt_layer_local_spec(),
+                 vocab_size=256, max_sequence_length=64)
+
+
+def test_megatrons_local_spec_still_builds_where_nothing_is_quantized(gen):
+    """No FP4, or every layer kept in BF16: Megatron's own spec is what the user gets."""
+    bf16 = GPTModel(config=_config(fp4=None, fp4_recipe="nvfp4"), transformer_layer_spec=get_gpt_layer_local_spec(),
+                    vocab_size=256, max_sequence_length=64)
+    ends = _config(num_layers=2, first_last_layers_bf16=True, num_layers_at_start_in_bf16=1,
+                   num_layers_at_end_in_bf16=1)
+    all_bf16 = GPTModel(config=ends, transformer_layer_spec=get_gpt_layer_local_spec(), vocab_size=256,
+                        max_sequence_length=64)
+    for model in (bf16, all_bf16):
+        assert not any(isinstance(m, (QuartetColumnParallelLinear, QuartetRowParallelLinear)) for m in model.modules())
+
+
+@pytest.mark.parametrize("saved, error, message", [
+    ({"name": "layer0.x"}, ValueError, "malformed quartet_te extra state .*'seed' and 'step'"),
+    ("garbage", ValueError, "malformed quartet_te extra state 'garbage'"),
+    ({"name": "layer0.x", "seed": 5, "step": -1}, ValueError, r"'step' must be in \[0, "),
+    ({"name": "layer0.x", "seed": 5, "step": 2.5}, TypeError, "'step' must be an int, got float"),
+], ids=["no_seed", "str", "negative_step", "float_step"])
+def test_malformed_local_extra_state_is_refused_at_load(saved, error, message):
+    layer = QuartetColumnParallelLinear(128, 256, config=_config(), init_method=_init, bias=False)
+    layer.bind_quartet("layer0.x")
+    with pytest.raises(error, match=message):
+        layer.set_extra_state({"quartet_te": saved})
+    assert layer.quartet_rotation.step == 0

@@ -114,8 +114,8 @@ def test_launcher_registers_then_runs_the_script(tmp_path, monkeypatch):
     """))
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     monkeypatch.setattr(sys, "path", list(sys.path))
-    launch.main([str(script), "--fp4-recipe", "quartet2"])
-    assert out.read_text() == "True 42 ['--fp4-recipe', 'quartet2']"
+    launch.main([str(script), "--transformer-impl", "local", "--fp4-recipe", "quartet2"])
+    assert out.read_text() == "True 42 ['--transformer-impl', 'local', '--fp4-recipe', 'quartet2']"
 
 
 def test_launcher_names_the_layers_of_megatron_lm_models(monkeypatch):
@@ -136,3 +136,45 @@ def test_launcher_names_the_layers_of_megatron_lm_models(monkeypatch):
     assert launch.wrap_get_model()  # idempotent
     assert training.get_model("provider") == ["chunk0", "chunk1"]
     assert named == ["chunk0", "chunk1"]
+
+
+@pytest.mark.parametrize("fp4", ["e2m1", None], ids=["fp4", "no_fp4"])
+def test_unknown_fp4_recipe_fails_at_config_time(fp4):
+    """fp4_recipe='quartet3' used to be accepted (and train something else than asked)."""
+    register()
+    with pytest.raises(ValueError, match=r"fp4_recipe='quartet3' is not a known FP4 recipe; expected one of "
+                                         r"\('nvfp4', 'custom', 'quartet2', .*'nvfp4-sr'\)"):
+        TransformerConfig(**_SMALL, fp4=fp4, fp4_recipe="quartet3")
+
+
+def test_our_recipe_without_fp4_format_warns():
+    """--fp4-recipe quartet2 without --fp4-format e2m1 trains BF16: say so."""
+    register()
+    with pytest.warns(UserWarning, match=r"fp4_recipe='quartet2' has no effect without fp4='e2m1'"):
+        TransformerConfig(**_SMALL, fp4_recipe="quartet2")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TransformerConfig(**_SMALL)  # Megatron's default fp4_recipe ('nvfp4') without fp4: quiet
+        TransformerConfig(**_SMALL, fp4="e2m1", fp4_recipe="quartet2")
+    assert not [w for w in caught if "fp4_recipe" in str(w.message)]
+
+
+@pytest.mark.parametrize("graphs", [{"cuda_graph_impl": "local"}, {"enable_cuda_graph": True}], ids=["impl", "legacy"])
+def test_our_recipe_with_megatron_cuda_graphs_is_refused(graphs):
+    """With Megatron-LM's --cuda-graph-impl local the graphed layers trained like BF16 (H200,
+    docs/fastpath_h200.md): refuse the combination instead of training something else."""
+    register()
+    with pytest.raises(ValueError, match=r"fp4_recipe='quartet2' with Megatron's CUDA graphs .* in BF16"):
+        TransformerConfig(**_SMALL, fp4="e2m1", fp4_recipe="quartet2", **graphs)
+
+
+def test_one_name_per_recipe_on_every_path():
+    """Megatron's names of our recipes are the quartet_te.recipes presets themselves."""
+    from quartet_te.recipes import RECIPE_NAMES
+
+    register()
+    assert MEGATRON_RECIPES == {n: n for n in RECIPE_NAMES}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated alias on the way
+        cfg = TransformerConfig(**_SMALL, fp4="e2m1", fp4_recipe="nvfp4-sr")
+        assert fp4_utils.get_fp4_recipe(cfg) == get_recipe("nvfp4-sr") == NVFP4Recipe()

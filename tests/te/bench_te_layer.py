@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--recipes", default="bf16,fp8_current,quartet2,nvfp4")
+    p.add_argument("--recipes", default="bf16,fp8_current,quartet2,nvfp4-sr")
     p.add_argument("--profile", default="", help="also print the top CUDA kernels of this recipe")
     args = p.parse_args()
 

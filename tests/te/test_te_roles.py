@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from quartet_te import NVFP4Recipe, Quartet2Recipe
-from quartet_te.recipes.factories import QuantizerFactory, make_factory, nvfp4_factory, quartet2_factory
+from quartet_te.recipes.factories import QuantizerFactory, make_factory, nvfp4_sr_factory, quartet2_factory
 from quartet_te.rotation import layer_seed
 from quartet_te.te import is_available
 from quartet_te.te.roles import RoleFields, SlotKind, check_skip, is_skipped, rotation_key, slot_kind
@@ -83,11 +83,11 @@ def test_factory_equality_hash_and_pickle():
     assert a == b and hash(a) == hash(b) and a == quartet2_factory
     assert a != QuantizerFactory("quartet2", skip=["lm_head"])
     assert a != QuantizerFactory(Quartet2Recipe(seed=1))
-    assert a != nvfp4_factory and nvfp4_factory.recipe == NVFP4Recipe()
+    assert a != nvfp4_sr_factory and nvfp4_sr_factory.recipe == NVFP4Recipe()
     a._ordinals["x"] = 5  # runtime counters are not part of the value
     clone = pickle.loads(pickle.dumps(a))
     assert clone == a and clone._ordinals == {}
-    assert make_factory("nvfp4", skip=("head",)).skip == ("head",)
+    assert make_factory("nvfp4-sr", skip=("head",)).skip == ("head",)
     with pytest.raises(ValueError, match="unknown recipe"):
         QuantizerFactory("fp3")
 
@@ -114,4 +114,22 @@ def test_without_te_the_api_names_the_missing_package():
         with qte.autocast():
             pass
     with pytest.raises(ImportError, match="transformer_engine"):
-        qte.custom_recipe("nvfp4")
+        qte.custom_recipe("nvfp4-sr")
+
+
+def test_old_factory_path_is_a_deprecated_alias():
+    """`...factories.nvfp4_factory` (Megatron's --fp4-quantizer-factory) still resolves, with a
+    FutureWarning naming the new path and the release that removes it."""
+    import importlib
+
+    factories = importlib.import_module("quartet_te.recipes.factories")
+    with pytest.warns(FutureWarning, match=r"nvfp4_factory is deprecated .* 0\.2\.0: use nvfp4_sr_factory"):
+        old = getattr(factories, "nvfp4_factory")
+    assert old is nvfp4_sr_factory and old.recipe.name == "nvfp4-sr"
+    with pytest.raises(AttributeError, match="has no attribute 'nvfp5_factory'"):
+        getattr(factories, "nvfp5_factory")
+
+
+def test_factory_repr_names_the_preset():
+    assert "name='quartet2-rot'" in repr(make_factory("quartet2-rot"))
+    assert "name='nvfp4-sr'" in repr(nvfp4_sr_factory)

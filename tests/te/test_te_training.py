@@ -87,11 +87,11 @@ def test_training_within_margin_of_bf16():
     ref = train(None, batches)
     assert ref[-1] < ref[0] - 1.0, f"BF16 did not learn: {ref[0]:.3f} -> {ref[-1]:.3f}"
     results = {"bf16": tail(ref)}
-    for name in ("quartet2", "nvfp4"):
+    for name in ("quartet2", "nvfp4-sr"):
         losses = train(name, batches)
         assert all(map(lambda v: v == v and v < 1e4, losses)), f"{name}: non-finite loss"
         results[name] = tail(losses)
     print("\nfinal loss (mean of last 20 of 200 steps): " + ", ".join(f"{k}={v:.4f}" for k, v in results.items()))
-    for name in ("quartet2", "nvfp4"):
+    for name in ("quartet2", "nvfp4-sr"):
         gap = results[name] - results["bf16"]
         assert gap < MARGIN_NATS and gap < MARGIN_REL * results["bf16"], f"{name}: gap {gap:.4f} nats over BF16"
