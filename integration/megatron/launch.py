@@ -15,6 +15,10 @@ Without the launcher (zero patches): `--fp4-format e2m1 --fp4-recipe custom
 --fp4-quantizer-factory quartet_te.recipes.factories.quartet2_factory`. The numerics are the same;
 the difference is that Megatron gives TE layers no names, so our factory seeds layers by their
 order of first use (consistent across TP ranks, but not between PP=1 and PP=2 runs).
+
+Megatron-LM builds Transformer Engine layers unless told `--transformer-impl local`; without a
+working TE it fails deep inside model construction (`NameError: TESpecProvider`). The launcher
+checks first and exits naming both ways out: `--transformer-impl local` or installing TE.
 """
 from __future__ import annotations
 
@@ -26,9 +30,37 @@ from typing import Any, Callable
 
 from .registry import register
 
-__all__ = ["main", "wrap_get_model"]
+__all__ = ["check_transformer_engine", "main", "transformer_impl", "wrap_get_model"]
 
 _USAGE = "usage: python -m quartet_te.integration.megatron.launch <script.py> [script flags...]"
+
+
+def transformer_impl(script_args: list[str]) -> str:
+    """The script's `--transformer-impl` (last one wins), else Megatron-LM's default,
+    "transformer_engine"."""
+    impl = "transformer_engine"
+    for i, arg in enumerate(script_args):
+        if arg == "--transformer-impl" and i + 1 < len(script_args):
+            impl = script_args[i + 1]
+        elif arg.startswith("--transformer-impl="):
+            impl = arg.split("=", 1)[1]
+    return impl
+
+
+def check_transformer_engine(script_args: list[str]) -> None:
+    """Exit with a clear message if the run would build TE layers and TE cannot be imported."""
+    if transformer_impl(script_args) != "transformer_engine":
+        return
+    from quartet_te.te import is_available
+
+    ok, reason = is_available(return_reason=True)
+    if not ok:
+        raise SystemExit(
+            "--transformer-impl transformer_engine (Megatron-LM's default) needs Transformer Engine, "
+            f"which is not usable here: {reason}\nEither pass --transformer-impl local (Megatron's local "
+            "layers) or install Transformer Engine (pip install --no-build-isolation "
+            "transformer-engine[pytorch])."
+        )
 
 
 def wrap_get_model() -> bool:
@@ -65,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     script = Path(argv[0]).resolve()
     if not script.is_file():
         raise SystemExit(f"{_USAGE}\nno such script: {argv[0]}")
+    check_transformer_engine(argv[1:])
     register()
     sys.path.insert(0, str(script.parent))
     wrap_get_model()

@@ -8,11 +8,11 @@ ship, so it builds without any hub download. See ``docs/corpus.md`` for provenan
     python -m quartet_te.corpus build --out data_cache/corpus-byte
     python -m quartet_te.corpus build --out data_cache/corpus-bpe --tokenizer bpe --vocab 8192
     python -m quartet_te.corpus verify data_cache/corpus-byte
-    python -m quartet_te.corpus pack data_cache/corpus-byte .corpus-pack   # ~31 MB, to carry
+    python -m quartet_te.corpus pack data_cache/corpus-byte .corpus-pack   # ~31 MB, to copy elsewhere
     python -m quartet_te.corpus unpack .corpus-pack /tmp/corpus-byte       # on the GPU machine
 
 Output: ``train_00000.bin ...`` and ``val_00000.bin ...`` (raw little-endian uint16 tokens, each
-file at most ``--shard-mib`` MiB, so they travel in parts like the GPU stack), ``manifest.json``
+file at most ``--shard-mib`` MiB), ``manifest.json``
 (sources with package versions and licences, token counts, sha256 per shard) and, for BPE,
 ``tokenizer.json``. Documents are separated by an end-of-text token (id 0: byte NUL, which the
 cleaner removes from the text, or ``<|endoftext|>`` in BPE). ``load_shards(DIR)`` gives the

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
 
 from .pack import pack, unpack
 from .shards import SHARD_MIB, build, verify
@@ -28,7 +28,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("list", help="show the sources and whether they are installed")
     v = sub.add_parser("verify", help="check a built corpus's shards against manifest.json")
     v.add_argument("dir", type=Path)
-    pk = sub.add_parser("pack", help="narrow + xz-compress a built corpus to carry it (unpack restores it)")
+    pk = sub.add_parser("pack", help="narrow + xz-compress a built corpus for transfer (unpack restores it)")
     pk.add_argument("src", type=Path)
     pk.add_argument("out", type=Path)
     pk.add_argument("--preset", type=int, default=6, help="xz preset (0-9)")
@@ -61,8 +61,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             p.error(f"unknown sources {sorted(unknown)}")
         sources = tuple(s for s in DEFAULT_SOURCES if s.name in names)
+    # Progress is logged by the library (quartet_te.corpus.*); the CLI shows it on stderr.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     build(args.out, sources, args.tokenizer, args.vocab, args.val_permille, args.shard_mib,
-          skip_missing=not args.strict, log=lambda m: print(m, file=sys.stderr, flush=True))
+          skip_missing=not args.strict)
     return 0
 
 

@@ -1,10 +1,10 @@
-"""Pack a built corpus small enough to carry, and unpack it back to verified shards.
+"""Pack a built corpus small enough to copy to another machine, and unpack it back to verified shards.
 
 A byte-token corpus stores each token in a uint16 whose high byte is always zero, and English
 text compresses about 4x: `pack` narrows tokens to the smallest unsigned dtype that holds the
-vocabulary and LZMA-compresses each shard (the 280 MB byte corpus packs into ~31 MB, one device
-call instead of five). `unpack` rebuilds the exact uint16 shards and checks every sha256 against
-the corpus's own `manifest.json`, so a damaged or partial transfer fails loudly.
+vocabulary and LZMA-compresses each shard (the 280 MB byte corpus packs into ~31 MB). `unpack`
+rebuilds the exact uint16 shards and checks every sha256 against the corpus's own
+`manifest.json`, so a damaged or partial transfer fails loudly.
 """
 from __future__ import annotations
 
