@@ -17,14 +17,22 @@ reimplementation of NVIDIA's recipe, any GPU); Megatron's own `nvfp4` and `custo
 `transformer_engine` (default when TE is installed) runs TE layers under our TE recipe.
 Simplifications against Megatron-LM: untied input/output embeddings, one model chunk (no virtual
 pipeline), non-distributed optimizer, per-rank `torch.save` checkpoints.
+
+Runs longer than one machine (docs/evidence_plan.md): `--exp-avg-dtype bf16 --exp-avg-sq-dtype
+bf16` trains with BF16 Adam moments (8 bytes of state per parameter with the FP32 masters),
+`--ckpt-part-mib N` writes checkpoints in parts of N MiB, `--exit-duration-in-mins` /
+`--exit-interval` save and stop, and `--load` continues bit for bit.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import io
 import json
 import math
 import os
+import random
 import socket
 import sys
 import time
@@ -32,11 +40,13 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-import torch.distributed as dist
+_T0 = time.time()  # process start, for --exit-duration-in-mins (before the slow imports)
 
-from quartet_te.integration.megatron import register
-from quartet_te.integration.megatron.cpu import cpu_device_mode, enable_cpu_mode
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from quartet_te.integration.megatron import MEGATRON_RECIPES, register  # noqa: E402
+from quartet_te.integration.megatron.cpu import cpu_device_mode, enable_cpu_mode  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------- flags
@@ -71,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--sequence-parallel", action="store_true")
     par.add_argument("--bf16", action="store_true")
     par.add_argument("--fp4-format", dest="fp4", choices=["e2m1"], default=None)
-    par.add_argument("--fp4-recipe", default="nvfp4", help="quartet2, quartet2-rot, quartet2-no46, "
-                     "nvfp4-sr (ours); nvfp4, custom (Megatron's, TE only)")
+    par.add_argument("--fp4-recipe", default=None, choices=[*MEGATRON_RECIPES, "nvfp4", "custom"],
+                     help="quartet2, quartet2-rot, quartet2-no46, nvfp4-sr (ours); nvfp4 (the default "
+                          "with --fp4-format), custom (Megatron's, TE only). Needs --fp4-format e2m1")
     par.add_argument("--fp4-quantizer-factory", default=None)
     par.add_argument("--first-last-layers-bf16", action="store_true")
     par.add_argument("--num-layers-at-start-in-bf16", type=int, default=1)
@@ -92,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--adam-eps", type=float, default=1e-8)
     t.add_argument("--clip-grad", type=float, default=1.0)
     t.add_argument("--seed", type=int, default=1234)
+    t.add_argument("--data-seed", type=int, default=None,
+                   help="seed of the training-batch order (default: --seed); fix it to give runs of "
+                        "different --seed the same data order")
+    t.add_argument("--exp-avg-dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="storage dtype of Adam's first moment. bf16 (either moment): the driver's "
+                        "AdamW (LowPrecisionAdamW) keeps the moment in BF16 during training, "
+                        "computing in FP32, on CPU and GPU alike; fp32 for both: Megatron's Adam")
+    t.add_argument("--exp-avg-sq-dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="storage dtype of Adam's second moment (see --exp-avg-dtype)")
     t.add_argument("--data-path", default=None,
                    help="a corpus built by `python -m quartet_te.corpus build` (default: Shakespeare, quartet_te.data)")
     io = p.add_argument_group("logging and checkpoints")
@@ -103,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--save-interval", type=int, default=0)
     io.add_argument("--load", default=None)
     io.add_argument("--ckpt-step", type=int, default=None, help="iteration to load (default: latest)")
+    io.add_argument("--ckpt-part-mib", type=int, default=0,
+                    help="write each checkpoint file as parts of at most this many MiB plus a "
+                         "sha256 index (<file>.parts.json); 0: one file")
+    io.add_argument("--exit-interval", type=int, default=0,
+                    help="stop (after saving, with --save) once the iteration is a multiple of this")
+    io.add_argument("--exit-duration-in-mins", type=float, default=0.0,
+                    help="stop (after saving, with --save) at the first iteration that ends this many "
+                         "minutes after the process started")
+    io.add_argument("--telemetry-csv", default=None,
+                    help="per-GEMM quantization telemetry (docs/telemetry.md) of the last "
+                         "--telemetry-last-iters iterations, appended to this CSV (FP4 runs)")
+    io.add_argument("--telemetry-last-iters", type=int, default=1)
     return p
 
 
@@ -113,8 +145,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.max_position_embeddings = args.max_position_embeddings or args.seq_length
     args.num_query_groups = args.num_query_groups or args.num_attention_heads
     args.lr_decay_iters = args.lr_decay_iters or args.train_iters
+    args.data_seed = args.seed if args.data_seed is None else args.data_seed
+    if args.fp4_recipe is not None and args.fp4 is None:
+        raise ValueError(f"--fp4-recipe {args.fp4_recipe} needs --fp4-format e2m1 (without it the run "
+                         "would be BF16); drop --fp4-recipe for a BF16 run")
+    args.fp4_recipe = args.fp4_recipe or "nvfp4"
     if args.transformer_impl is None:
         args.transformer_impl = "transformer_engine" if _have_te() else "local"
+    elif args.transformer_impl == "transformer_engine" and not _have_te():
+        # Fail here, not with Megatron's NameError (TESpecProvider) while it builds the model.
+        raise ValueError("--transformer-impl transformer_engine needs Transformer Engine on a CUDA GPU: "
+                         f"{_te_missing_reason()}. Use --transformer-impl local (Megatron's local "
+                         "layers, which run our recipes too) or install TE: pip install "
+                         "--no-build-isolation transformer-engine[pytorch]")
     if args.sequence_parallel and args.transformer_impl == "local" and not _have_apex():
         raise ValueError("--sequence-parallel with --transformer-impl local needs NVIDIA apex "
                          "(Megatron's torch LayerNorm refuses sequence parallelism); use "
@@ -137,13 +180,16 @@ def _have_apex() -> bool:
 
 
 def _have_te() -> bool:
+    return not _te_missing_reason()
+
+
+def _te_missing_reason() -> str:
+    """Why TE layers cannot run here ("" if they can)."""
     if not torch.cuda.is_available():
-        return False
-    try:
-        import transformer_engine.pytorch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        return "no CUDA device"
+    from quartet_te.te import is_available
+
+    return is_available(return_reason=True)[1]
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -181,6 +227,11 @@ def init_distributed(args: argparse.Namespace) -> None:
         raise ValueError(f"--global-batch-size {args.global_batch_size} is not a multiple of "
                          f"micro-batch-size x data-parallel-size = {per_dp}")
     args.num_microbatches = args.global_batch_size // per_dp
+    random.seed(args.seed)  # as Megatron-LM's _set_random_seed: Python, NumPy, torch, CUDA
+    with contextlib.suppress(ImportError):
+        import numpy as np
+
+        np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     tensor_parallel.model_parallel_cuda_manual_seed(args.seed)
 
@@ -330,7 +381,7 @@ class TextBatches:
     def __init__(self, tokens: torch.Tensor, args: argparse.Namespace, dp_rank: int, device: Any):
         from quartet_te.data import BatchSampler
 
-        self.sampler = BatchSampler(tokens, args.global_batch_size, args.seq_length, seed=args.seed)
+        self.sampler = BatchSampler(tokens, args.global_batch_size, args.seq_length, seed=args.data_seed)
         self.args, self.dp_rank, self.device = args, dp_rank, device
 
     def split(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -373,6 +424,89 @@ def _mean_loss(losses_reduced: list[dict]) -> float:
     return float(local.item() / n_last)
 
 
+# ---------------------------------------------------------------------------------- optimizer
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+class LowPrecisionAdamW(torch.optim.Optimizer):
+    """AdamW (decoupled weight decay, torch.optim.AdamW's update) whose moments are *stored* in a
+    low-precision dtype (BF16) and computed in FP32: each step reads the stored moments, updates
+    them in FP32, applies the update with those FP32 values and stores them rounded to nearest.
+    The stored moments are the whole optimizer state, so a checkpoint of them (8 bytes per
+    parameter with the FP32 master weights) resumes bit for bit. Pure PyTorch (foreach ops): the
+    same code on CPU and GPU. Megatron's mixed-precision wrapper stays around it (FP32 master
+    weights, gradient clipping, the BF16 copy into the model after each step).
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 exp_avg_dtype=torch.bfloat16, exp_avg_sq_dtype=torch.bfloat16):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.moment_dtypes = {"exp_avg": exp_avg_dtype, "exp_avg_sq": exp_avg_sq_dtype}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)  # torch casts the moments to the parameter's dtype
+        for state in self.state.values():
+            if "step" in state:
+                state["step"] = int(state["step"])
+            for key, dtype in self.moment_dtypes.items():
+                if key in state:
+                    state[key] = state[key].to(dtype)  # lossless: the saved values are in dtype
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("LowPrecisionAdamW.step takes no closure")
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            grads = [p.grad.float() for p in params]
+            states = [self.state[p] for p in params]
+            for p, st in zip(params, states):
+                if not st:
+                    st["step"] = 0
+                    for key, dtype in self.moment_dtypes.items():
+                        st[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+                st["step"] += 1
+            m = [st["exp_avg"].float() for st in states]
+            v = [st["exp_avg_sq"].float() for st in states]
+            torch._foreach_lerp_(m, grads, 1 - beta1)
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+            for steps in sorted({st["step"] for st in states}):  # one value unless params joined late
+                idx = [i for i, st in enumerate(states) if st["step"] == steps]
+                bc1, bc2 = 1 - beta1 ** steps, 1 - beta2 ** steps
+                denom = torch._foreach_sqrt([v[i] for i in idx])
+                torch._foreach_div_(denom, bc2 ** 0.5)
+                torch._foreach_add_(denom, group["eps"])
+                torch._foreach_addcdiv_([params[i] for i in idx], [m[i] for i in idx], denom,
+                                        value=-group["lr"] / bc1)
+            torch._foreach_copy_([st["exp_avg"] for st in states], m)
+            torch._foreach_copy_([st["exp_avg_sq"] for st in states], v)
+        return None
+
+
+def use_low_precision_adam(args: argparse.Namespace, optimizer: Any) -> None:
+    """Swap the inner Adam of each of Megatron's (chained) optimizers for `LowPrecisionAdamW`
+    over the same parameter groups (the FP32 master weights; the LR scheduler keeps writing
+    their lr and weight decay). Only where --exp-avg-dtype / --exp-avg-sq-dtype ask for it."""
+    if args.exp_avg_dtype == "fp32" and args.exp_avg_sq_dtype == "fp32":
+        return
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = sub.optimizer
+        if inner is None:
+            continue
+        if inner.state:
+            raise RuntimeError("use_low_precision_adam must run before the first optimizer step")
+        sub.optimizer = LowPrecisionAdamW(
+            inner.param_groups, lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_eps, weight_decay=args.weight_decay,
+            exp_avg_dtype=_DTYPES[args.exp_avg_dtype], exp_avg_sq_dtype=_DTYPES[args.exp_avg_sq_dtype])
+
+
 # ------------------------------------------------------------------------------- checkpoints
 def _ckpt_file(root: str, iteration: int) -> Path:
     from megatron.core import parallel_state as ps
@@ -384,10 +518,14 @@ def _ckpt_file(root: str, iteration: int) -> Path:
 def _rng_state() -> dict:
     from megatron.core import tensor_parallel
 
-    state = {"cpu": torch.get_rng_state(),
+    state = {"cpu": torch.get_rng_state(), "python": random.getstate(),
              "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
+    with contextlib.suppress(ImportError):
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
     return state
 
 
@@ -398,6 +536,76 @@ def _set_rng_state(state: dict) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+    if "python" in state:
+        random.setstate(state["python"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+
+
+def _write_ckpt(obj: dict, path: Path, part_mib: int) -> None:
+    """torch.save `obj` to `path`, or with part_mib > 0 to `path.000`, `path.001`, ... (each at
+    most part_mib MiB) plus `path.parts.json` ({parts, bytes, sha256} of the whole stream)."""
+    if part_mib <= 0:
+        torch.save(obj, path)
+        return
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data, step = buf.getbuffer(), part_mib << 20
+    names = []
+    for i, off in enumerate(range(0, len(data), step)):
+        names.append(f"{path.name}.{i:03d}")
+        (path.parent / names[-1]).write_bytes(data[off:off + step])
+    index = {"parts": names, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (path.parent / f"{path.name}.parts.json").write_text(json.dumps(index, indent=1) + "\n")
+
+
+def read_ckpt(path: str | Path) -> dict:
+    """A checkpoint file written by `_write_ckpt`: whole, or reassembled from its parts (the
+    sha256 of the index is checked)."""
+    path = Path(path)
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=False)
+    index_file = path.parent / f"{path.name}.parts.json"
+    if not index_file.exists():
+        raise FileNotFoundError(f"no checkpoint {path} (nor {index_file.name})")
+    index = json.loads(index_file.read_text())
+    data = b"".join((path.parent / name).read_bytes() for name in index["parts"])
+    if len(data) != index["bytes"] or hashlib.sha256(data).hexdigest() != index["sha256"]:
+        raise ValueError(f"{path}: parts do not match {index_file.name} (size or sha256)")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+
+def _ckpt_exists(path: Path) -> bool:
+    return path.exists() or (path.parent / f"{path.name}.parts.json").exists()
+
+
+def _model_state(model: torch.nn.Module) -> dict:
+    """The model's state dict without the BF16 parameters that have FP32 master weights in the
+    optimizer (they are those masters rounded to BF16, restored from them on load)."""
+    return {k: v.detach() if isinstance(v, torch.Tensor) else v
+            for k, v in unwrap(model).state_dict(keep_vars=True).items() if not hasattr(v, "main_param")}
+
+
+def _load_model_state(model: torch.nn.Module, state: dict) -> None:
+    """Load `_model_state` output (or a full state dict); the left-out BF16 parameters come next
+    from their masters (`_copy_masters_to_model`)."""
+    inner = unwrap(model)
+    missing, unexpected = inner.load_state_dict(state, strict=False)
+    masters = {k for k, v in inner.state_dict(keep_vars=True).items() if hasattr(v, "main_param")}
+    if unexpected or set(missing) - masters:
+        raise KeyError(f"checkpoint does not match the model: missing {sorted(set(missing) - masters)[:5]}, "
+                       f"unexpected {sorted(unexpected)[:5]}")
+
+
+def _copy_masters_to_model(model: torch.nn.Module) -> None:
+    """BF16 parameters := their FP32 masters rounded to nearest (the copy Megatron's optimizer
+    makes after every step)."""
+    with torch.no_grad():
+        for p in unwrap(model).parameters():
+            if hasattr(p, "main_param"):
+                p.copy_(p.main_param)
 
 
 def _uses_te_recipe(args) -> bool:
@@ -417,21 +625,25 @@ def _te_rotation_state(args, model) -> dict:
 
 
 def save_checkpoint(args, iteration, model, optimizer, scheduler, data) -> None:
-    """Per-(TP, PP)-rank file with model (incl. quartet_te rotation states), optimizer, LR
-    schedule, data position and RNG states; `latest` names the iteration."""
+    """Per-(TP, PP)-rank file with model (incl. quartet_te rotation states; BF16 parameters only
+    as their FP32 masters in the optimizer state), optimizer, LR schedule, data position and RNG
+    states (torch CPU/CUDA, Megatron's tracker, Python, NumPy); `latest` names the iteration.
+    With --ckpt-part-mib the file is written in parts (`_write_ckpt`)."""
     from megatron.core import parallel_state as ps
 
     if ps.get_data_parallel_rank() == 0:
         path = _ckpt_file(args.save, iteration)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"iteration": iteration, "model": unwrap(model).state_dict(),
-                    "te_rotation": _te_rotation_state(args, model),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "data": data.sampler._gen.get_state(), "rng": _rng_state(),
-                    "args": vars(args)}, path)
+        _write_ckpt({"iteration": iteration, "model": _model_state(model),
+                     "te_rotation": _te_rotation_state(args, model),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "data": data.sampler._gen.get_state(), "rng": _rng_state(),
+                     "args": vars(args)}, path, args.ckpt_part_mib)
     dist.barrier()
     if dist.get_rank() == 0:
-        (Path(args.save) / "latest").write_text(str(iteration))
+        tmp = Path(args.save) / "latest.tmp"
+        tmp.write_text(str(iteration))
+        tmp.replace(Path(args.save) / "latest")
         print(f" saved checkpoint at iteration {iteration} to {args.save}", flush=True)
 
 
@@ -444,11 +656,12 @@ def load_checkpoint(args, model, optimizer, scheduler, data) -> int:
         iteration = int(latest.read_text())
     else:
         raise FileNotFoundError(f"--load {args.load}: no 'latest' file (nothing saved there?)")
-    if not _ckpt_file(args.load, iteration).exists():
+    if not _ckpt_exists(_ckpt_file(args.load, iteration)):
         raise FileNotFoundError(f"--load {args.load}: no checkpoint {_ckpt_file(args.load, iteration)}")
-    state = torch.load(_ckpt_file(args.load, iteration), map_location="cpu", weights_only=False)
-    unwrap(model).load_state_dict(state["model"])
+    state = read_ckpt(_ckpt_file(args.load, iteration))
+    _load_model_state(model, state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    _copy_masters_to_model(model)
     scheduler.load_state_dict(state["scheduler"])
     data.sampler._gen.set_state(state["data"])
     _set_rng_state(state["rng"])
@@ -485,6 +698,47 @@ def evaluate(args, model, batches, forward_backward) -> float:
     return sum(losses) / len(losses)
 
 
+def _attach_telemetry(args: argparse.Namespace, model: torch.nn.Module) -> Any:
+    """A `quartet_te.telemetry.Telemetry` sampling every backward step, hooked to every
+    quantized linear (Megatron's local linears, or TE modules under our recipe), or None while
+    there is nothing to hook (TE builds its quantizers at a module's first forward)."""
+    from quartet_te.telemetry import LayerProbe, Telemetry, _draws
+
+    inner = unwrap(model)
+    local = [m for m in inner.modules()
+             if getattr(m, "quartet_rotation", None) is not None and getattr(m, "quartet_recipe", None) is not None]
+    te_built = any(isinstance(getattr(m, "quantizers", None), dict) for m in inner.modules())
+    if not local and not te_built:
+        return None
+    path = args.telemetry_csv
+    if dist.get_world_size() > 1:
+        path = f"{path}.rank{dist.get_rank()}"
+    tel = Telemetry(every=1, csv_path=path, console=False)
+    try:
+        for m in local:  # Telemetry.attach hooks QuartetLinear and TE modules; these carry the same state
+            tel._hook(m.quartet_rotation, "telemetry",
+                      LayerProbe(tel, m.quartet_name, m.quartet_rotation, _draws(m.quartet_recipe)))
+        if not local:
+            tel.attach(inner)
+    except ValueError:
+        tel.detach()
+        tel.close()
+        return None
+    return tel
+
+
+def _should_exit(args: argparse.Namespace, iteration: int) -> bool:
+    """--exit-interval / --exit-duration-in-mins reached (the same answer on every rank)."""
+    stop = bool(args.exit_interval and iteration % args.exit_interval == 0)
+    if args.exit_duration_in_mins:
+        late = (time.time() - _T0) / 60.0 >= args.exit_duration_in_mins
+        dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+        flag = torch.tensor([float(late or stop)], device=dev)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stop = bool(flag.item())
+    return stop
+
+
 def train(args: argparse.Namespace) -> list[dict]:
     """Train; returns the per-iteration records (also written to --loss-log on rank 0)."""
     from megatron.core import parallel_state as ps
@@ -506,6 +760,7 @@ def train(args: argparse.Namespace) -> list[dict]:
                         adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
                         clip_grad=args.clip_grad, bf16=args.bf16,
                         params_dtype=config.params_dtype), [model])
+    use_low_precision_adam(args, optimizer)
     scheduler = OptimizerParamScheduler(
         optimizer, init_lr=0.0 if args.lr_warmup_iters else args.lr, max_lr=args.lr,
         min_lr=args.min_lr, lr_warmup_steps=args.lr_warmup_iters,
@@ -531,7 +786,11 @@ def train(args: argparse.Namespace) -> list[dict]:
     log = open(args.loss_log, "a" if args.load else "w") if (rank0 and args.loss_log) else None
     tokens_per_iter = args.global_batch_size * args.seq_length
     records: list[dict] = []
+    tel = None
     for iteration in range(start + 1, args.train_iters + 1):
+        if (args.telemetry_csv and args.fp4 and tel is None
+                and iteration > args.train_iters - args.telemetry_last_iters):
+            tel = _attach_telemetry(args, model)  # measures, never alters, the GEMMs
         t0 = time.perf_counter()
         model.zero_grad_buffer()
         optimizer.zero_grad()
@@ -550,6 +809,8 @@ def train(args: argparse.Namespace) -> list[dict]:
                "iter_ms": 1e3 * dt, "tokens_per_s": tokens_per_iter / dt, "skipped": not ok}
         if torch.cuda.is_available():  # peak since the start: weights, optimizer, activations
             rec["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        if tel is not None:  # telemetry's reference GEMMs add memory: summaries leave these out
+            rec["telemetry"] = True
         last = iteration == args.train_iters
         if (args.eval_interval and iteration % args.eval_interval == 0) or last:
             rec["val_loss"] = evaluate(args, model, val, forward_backward)
@@ -564,8 +825,19 @@ def train(args: argparse.Namespace) -> list[dict]:
         if log:
             log.write(json.dumps(rec) + "\n")
             log.flush()
-        if args.save and ((args.save_interval and iteration % args.save_interval == 0) or last):
+        saved = bool(args.save and ((args.save_interval and iteration % args.save_interval == 0) or last))
+        if saved:
             save_checkpoint(args, iteration, model, optimizer, scheduler, data)
+        if not last and _should_exit(args, iteration):
+            if args.save and not saved:
+                save_checkpoint(args, iteration, model, optimizer, scheduler, data)
+            if rank0:
+                print(f" exiting at iteration {iteration} of {args.train_iters} (--exit-interval / "
+                      f"--exit-duration-in-mins)", flush=True)
+            break
+    if tel is not None:
+        tel.detach()
+        tel.close()
     if log:
         log.close()
     return records

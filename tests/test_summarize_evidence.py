@@ -106,3 +106,177 @@ def test_committed_logs_match_the_docs():
             if row["gap"]:
                 assert f"{row['gap']:+.4f}" in text, (doc, name)
     assert f"{rows['quartet2']['gap_ratio']:.2f}" == "1.66"
+
+
+# ------------------------------------------------------------- statistics over seeds (issue 15)
+# final val losses per run (iteration 256); val at 128 is final + 1 (so every gap at 128 equals the final one)
+SEEDED = {
+    "bf16": 1.005, "bf16@s2": 1.015,
+    "nvfp4-sr": 1.03, "nvfp4-sr@s2": 1.04, "nvfp4-sr@s3": 1.05,
+    "quartet2": 1.02, "quartet2@s2": 1.025, "quartet2@s3": 1.03,
+}
+
+
+def _write_seeded(tmp_path: Path, finals: dict[str, float], incomplete: tuple[str, ...] = ()) -> list[Path]:
+    """Logs whose seed-1 FP4 runs carry per-GEMM telemetry over their last 4 iterations, slower
+    and with a higher peak there: the summaries must leave those iterations out."""
+    paths = []
+    for name, final in finals.items():
+        iters = 150 if name in incomplete else ITERS
+        tps = 2000.0 if name.startswith("bf16") else 500.0 if name.startswith("nvfp4") else 400.0
+        lines = []
+        for it in range(1, iters + 1):
+            rec = {"iteration": it, "loss": 3.0, "iter_ms": TPI / tps * 1e3, "tokens_per_s": tps,
+                   "peak_mem_gib": 4.0 if name.startswith("bf16") else 3.0}
+            if "@" not in name and not name.startswith("bf16") and it > iters - 4:
+                rec.update(telemetry=True, iter_ms=rec["iter_ms"] * 10, tokens_per_s=tps / 10, peak_mem_gib=9.0)
+            if it == 128:
+                rec["val_loss"] = final + 1.0
+            elif it == ITERS:
+                rec["val_loss"] = final
+            lines.append(json.dumps(rec))
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        paths.append(path)
+    return paths
+
+
+def test_t_quantiles_match_tables():
+    for dof, q in ((1, 12.706205), (2, 4.302653), (3, 3.182446), (5, 2.570582), (10, 2.228139), (30, 2.042272)):
+        assert se.t_quantile(0.975, dof) == pytest.approx(q, abs=1e-6)
+    assert se.t_quantile(0.995, 2) == pytest.approx(9.924843, abs=1e-6)
+    assert se.t_quantile(0.025, 7) == pytest.approx(-2.364624, abs=1e-6)
+    assert se.t_quantile(0.975, float("inf")) == pytest.approx(1.959964, abs=1e-6)
+    assert se.t_cdf(se.t_quantile(0.9, 2.5), 2.5) == pytest.approx(0.9, abs=1e-12)  # non-integer dof
+
+
+def test_aggregate_over_seeds(tmp_path):
+    runs = [se.load_run(p) for p in _write_seeded(tmp_path, {**SEEDED, "quartet2-rot": 1.0}, ("quartet2-rot",))]
+    agg = se.aggregate(runs, "bf16", TPI)
+    assert set(agg) == {"bf16", "nvfp4-sr", "quartet2"}  # quartet2-rot never reached iteration 256
+    b, n, q = agg["bf16"], agg["nvfp4-sr"], agg["quartet2"]
+    assert (b["n"], n["n"], q["n"]) == (2, 3, 3) and q["seeds"] == [1, 2, 3] and b["iteration"] == ITERS
+    assert b["mean"] == pytest.approx(1.01) and b["sd"] == pytest.approx(0.01 / 2 ** 0.5)
+    assert n["gap"] == pytest.approx(0.03) and q["gap"] == pytest.approx(0.015)
+    # se = sqrt(s^2/3 + s_bf16^2/2): 0.01^2/3 + 0.00005/2, 0.005^2/3 + 0.00005/2
+    assert n["se"] == pytest.approx((1e-4 / 3 + 2.5e-5) ** 0.5)
+    assert q["se"] == pytest.approx((2.5e-5 / 3 + 2.5e-5) ** 0.5)
+    dof = (1e-4 / 3 + 2.5e-5) ** 2 / ((1e-4 / 3) ** 2 / 2 + (2.5e-5) ** 2 / 1)  # Welch-Satterthwaite
+    assert n["dof"] == pytest.approx(dof)
+    half = se.t_quantile(0.975, dof) * n["se"]
+    assert n["ci"] == pytest.approx((0.03 - half, 0.03 + half))
+    assert q["paired"] == pytest.approx({1: 0.015, 2: 0.01})  # seed 3 has no bf16 of its own
+    assert n["tokens_per_s"] == pytest.approx(500.0) and n["time_ratio"] == pytest.approx(4.0)
+    assert q["peak_mem"] == 3.0 and q["mem_ratio"] == pytest.approx(0.75)
+    assert q["tokens_m"] == pytest.approx(ITERS * TPI / 1e6)
+
+
+def test_gap_ratio_fieller_and_difference(tmp_path):
+    runs = [se.load_run(p) for p in _write_seeded(tmp_path, SEEDED)]
+    agg = se.aggregate(runs, "bf16", TPI)
+    r = se.gap_ratio(agg, "bf16", "quartet2", "nvfp4-sr")
+    assert r["ratio"] == pytest.approx(0.5) and r["diff"] == pytest.approx(-0.015)
+    # Fieller's endpoints solve (a - rho b)^2 = t^2 (Vaa - 2 rho Vab + rho^2 Vbb); Welch dof at rho = 0.5
+    ut, ur, ub = 2.5e-5 / 3, 1e-4 / 3, 5e-5 / 2  # s^2 / n per recipe
+    parts = (ut, 0.25 * ur, 0.25 * ub)
+    dof = sum(parts) ** 2 / (parts[0] ** 2 / 2 + parts[1] ** 2 / 2 + parts[2] ** 2 / 1)
+    assert r["ratio_dof"] == pytest.approx(dof) and dof == pytest.approx(4.84, abs=0.01)
+    t = se.t_quantile(0.975, dof)
+    kind, lo, hi = r["ratio_ci"]
+    assert kind == "interval" and lo < 0.5 < hi
+    for rho in (lo, hi):
+        assert (0.015 - rho * 0.03) ** 2 == pytest.approx(t * t * (ut + ub - 2 * rho * ub + rho * rho * (ur + ub)))
+    assert r["diff_se"] == pytest.approx((ut + ur) ** 0.5)
+    half = se.t_quantile(0.975, (ut + ur) ** 2 / (ut ** 2 / 2 + ur ** 2 / 2)) * r["diff_se"]
+    assert r["diff_ci"] == pytest.approx((-0.015 - half, -0.015 + half))
+    md = se.format_aggregate(agg, "bf16", r, se.gap_curve(runs, "bf16", TPI))
+    assert "| quartet2 | 3 (1, 2, 3) | 1.0250 | 0.0050 | +0.0150 | 0.0058 |" in md
+    assert f"**Gap ratio** quartet2 / nvfp4-sr = 0.50, 95 % Fieller interval [{lo:.2f}, {hi:.2f}]" in md
+    assert "quartet2 and nvfp4-sr are not distinguishable at 95 % confidence" in md
+
+
+def test_fieller_without_denominator_noise_is_the_t_interval(tmp_path):
+    """Equal BF16 and NVFP4-SR seeds: the ratio's interval is quartet2's gap interval over a
+    fixed 0.03, with t at 2 dof: 0.015 +- 4.302653 x 0.005 / sqrt(3), divided by 0.03."""
+    finals = {**SEEDED, "bf16": 1.01, "bf16@s2": 1.01, "nvfp4-sr": 1.04, "nvfp4-sr@s2": 1.04, "nvfp4-sr@s3": 1.04}
+    agg = se.aggregate([se.load_run(p) for p in _write_seeded(tmp_path, finals)], "bf16", TPI)
+    r = se.gap_ratio(agg, "bf16", "quartet2", "nvfp4-sr")
+    kind, lo, hi = r["ratio_ci"]
+    half = 4.302653 * 0.005 / 3 ** 0.5
+    assert r["ratio_dof"] == pytest.approx(2.0)
+    assert kind == "interval" and (lo, hi) == pytest.approx(((0.015 - half) / 0.03, (0.015 + half) / 0.03), abs=1e-6)
+    # and a reference gap indistinguishable from 0 makes the set unbounded
+    finals.update({"nvfp4-sr": 1.00, "nvfp4-sr@s2": 1.01, "nvfp4-sr@s3": 1.03})
+    agg = se.aggregate([se.load_run(p) for p in _write_seeded(tmp_path, finals)], "bf16", TPI)
+    assert se.gap_ratio(agg, "bf16", "quartet2", "nvfp4-sr")["ratio_ci"][0] in ("all", "outside")
+
+
+def test_fieller_interval_covers_the_true_ratio():
+    """Simulated experiments (2 BF16, 3 + 3 FP4 seeds, normal seed noise, true ratio 0.5, fixed
+    RNG): the 95 % sets cover the true ratio, and the difference's interval the true
+    difference, in 93-97.5 % of 1000 draws."""
+    import random
+
+    rng, mu, sigma = random.Random(0), (1.0, 1.03, 1.015), (0.004, 0.004, 0.003)
+    covered = diff_covered = 0
+    for _ in range(1000):
+        agg = {}
+        for name, m, s, n in (("bf16", mu[0], sigma[0], 2), ("nvfp4-sr", mu[1], sigma[1], 3),
+                              ("quartet2", mu[2], sigma[2], 3)):
+            mean, sd = se.mean_sd([rng.gauss(m, s) for _ in range(n)])
+            agg[name] = {"n": n, "mean": mean, "sd": sd}
+        for name in ("nvfp4-sr", "quartet2"):
+            agg[name]["gap"] = agg[name]["mean"] - agg["bf16"]["mean"]
+        r = se.gap_ratio(agg, "bf16", "quartet2", "nvfp4-sr")
+        kind, lo, hi = r["ratio_ci"]
+        covered += (kind == "all" or (kind == "interval" and lo <= 0.5 <= hi)
+                    or (kind == "outside" and not lo < 0.5 < hi))
+        diff_covered += r["diff_ci"][0] <= mu[2] - mu[1] <= r["diff_ci"][1]
+    assert 0.93 <= covered / 1000 <= 0.975 and 0.93 <= diff_covered / 1000 <= 0.975
+
+
+def test_gap_curve_and_its_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    finals = {k: v for k, v in SEEDED.items() if k != "quartet2@s3"}
+    runs = [se.load_run(p) for p in _write_seeded(tmp_path, {**finals, "quartet2@s3": 1.03}, ("quartet2@s3",))]
+    curves = se.gap_curve(runs, "bf16", TPI)
+    q = {p["iteration"]: p for p in curves["quartet2"]}
+    assert sorted(q) == [128, ITERS]
+    assert q[128]["n"] == 3 and q[ITERS]["n"] == 2  # seed 3 stopped at 150: in the curve at 128 only
+    assert q[128]["gap"] == pytest.approx(0.015) and q[ITERS]["gap"] == pytest.approx(0.0125)
+    assert q[ITERS]["se"] == pytest.approx((1.25e-5 / 2 + 2.5e-5) ** 0.5)  # variances of (1.02, 1.025), bf16
+    assert q[128]["tokens_m"] == pytest.approx(128 * TPI / 1e6)
+    out = tmp_path / "docs" / "gap.png"
+    se.plot_gap_curve(curves, out, "bf16", title="synthetic")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_telemetry_table(tmp_path):
+    header = "step,layer,gemm,operand_a,err_a,operand_b,err_b,err_out,cos_out\n"
+    rows = ["0,l0.qkv,fprop,x,0.008,w,0.007,0.010,0.995", "1,l0.qkv,fprop,x,0.006,w,0.007,0.020,0.985",
+            "0,l1.fc2,fprop,x,0.010,w,0.007,0.030,0.975", "0,l0.qkv,wgrad,e_t,0.02,x_t,nan,0.004,0.998"]
+    path = tmp_path / "nvfp4-sr.telemetry.csv"
+    path.write_text(header + "\n".join(rows) + "\n")
+    table = {r["gemm"]: r for r in se.telemetry_table([path])}
+    f = table["fprop"]
+    assert f["run"] == "nvfp4-sr" and f["rows"] == 3 and f["steps"] == 2
+    assert f["err_a"] == pytest.approx(0.008) and f["err_out"] == pytest.approx(0.02)
+    assert f["one_minus_cos"] == pytest.approx(0.015)
+    assert f["worst_layer"] == "l1.fc2" and f["worst_err_out"] == pytest.approx(0.03)
+    assert table["wgrad"]["err_b"] is None and table["wgrad"]["err_out"] == pytest.approx(0.004)  # NaN: unmeasured
+    assert "| nvfp4-sr | fprop | 2 | 8.00e-03 |" in se.format_telemetry(list(table.values()))
+
+
+def test_cli_over_seeds(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    paths = _write_seeded(tmp_path, SEEDED)
+    tel = tmp_path / "quartet2.telemetry.csv"
+    tel.write_text("step,layer,gemm,operand_a,err_a,operand_b,err_b,err_out,cos_out\n"
+                   "0,l0,dgrad,e,0.01,w_t,0.01,0.008,0.996\n")
+    gap_png = tmp_path / "gap.png"
+    se.main([str(p) for p in paths] + ["--tokens-per-iter", str(TPI), "--reference", "nvfp4-sr", "--target",
+                                       "quartet2", "--gap-plot", str(gap_png), "--telemetry", str(tel)])
+    out = capsys.readouterr().out
+    assert "Over seeds, at iteration 256" in out and "**Gap ratio** quartet2 / nvfp4-sr = 0.50" in out
+    assert "| 128 | 0.5 | +0.0300 ± 0.0076 | +0.0150 ± 0.0058 |" in out  # gap along the run
+    assert "| quartet2 | dgrad | 1 |" in out and gap_png.exists()
