@@ -45,7 +45,7 @@ _T0 = time.time()  # process start, for --exit-duration-in-mins (before the slow
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from quartet_te.integration.megatron import MEGATRON_RECIPES, register  # noqa: E402
+from quartet_te.integration.megatron import MEGATRON_RECIPES, register, set_quantizer_seed  # noqa: E402
 from quartet_te.integration.megatron.cpu import cpu_device_mode, enable_cpu_mode  # noqa: E402
 
 
@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="quartet2, quartet2-rot, quartet2-no46, nvfp4-sr (ours); nvfp4 (the default "
                           "with --fp4-format), custom (Megatron's, TE only). Needs --fp4-format e2m1")
     par.add_argument("--fp4-quantizer-factory", default=None)
+    par.add_argument("--fp4-seed", type=int, default=None,
+                     help="base seed of our recipes' random streams (rotations, stochastic "
+                          "rounding); default: the recipe's own (0). Give each --seed its own to "
+                          "make seeds independent in the quantizers too")
     par.add_argument("--first-last-layers-bf16", action="store_true")
     par.add_argument("--num-layers-at-start-in-bf16", type=int, default=1)
     par.add_argument("--num-layers-at-end-in-bf16", type=int, default=1)
@@ -150,6 +154,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise ValueError(f"--fp4-recipe {args.fp4_recipe} needs --fp4-format e2m1 (without it the run "
                          "would be BF16); drop --fp4-recipe for a BF16 run")
     args.fp4_recipe = args.fp4_recipe or "nvfp4"
+    if args.fp4_seed is not None and not (args.fp4 and args.fp4_recipe in MEGATRON_RECIPES):
+        raise ValueError(f"--fp4-seed seeds quartet_te's recipes ({', '.join(MEGATRON_RECIPES)}); "
+                         f"this run has {'--fp4-recipe ' + args.fp4_recipe if args.fp4 else 'no FP4'}")
+    if args.fp4_seed is not None and args.fp4_quantizer_factory:
+        raise ValueError("--fp4-seed does not reach --fp4-quantizer-factory (the factory owns its "
+                         "recipe and seed); drop one of them")
     if args.transformer_impl is None:
         args.transformer_impl = "transformer_engine" if _have_te() else "local"
     elif args.transformer_impl == "transformer_engine" and not _have_te():
@@ -750,6 +760,7 @@ def train(args: argparse.Namespace) -> list[dict]:
     from quartet_te.data import eval_batches
 
     register()
+    set_quantizer_seed(args.fp4_seed)
     init_distributed(args)
     config = transformer_config(args)
     config.finalize_model_grads_func = finalize_model_grads

@@ -139,3 +139,27 @@ def test_call_resumes_across_machines_bit_identically(tmp_path: Path) -> None:
     assert queue.count("start quartet2") == 2 and "from iteration 2" in queue
     assert (logs / "quartet2.telemetry.csv").read_text().startswith("step,layer,gemm")
     assert not (logs / "bf16@s2.telemetry.csv").exists()
+
+
+def test_launch_runs_all_at_once_with_their_own_quantizer_seeds(tmp_path: Path) -> None:
+    """`launch` (issue 15 on one machine): concurrent runs, --fp4-seed per seed, telemetry on seed 1."""
+    corpus, _ = _build(tmp_path, val_permille=200)
+    ev, out = tmp_path / "ev", tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "EVIDENCE_DIR": str(ev), "OUT": str(out),
+           "CORPUS": str(corpus), "CONFIG": "examples/configs/tiny-cpu.args", "EVIDENCE_JOBS": "2",
+           "EVIDENCE_TELEMETRY_ITERS": "1", "EVIDENCE_FLAGS": "--train-iters 2 --eval-iters 1"}
+    assert "launched: bf16 quartet2 quartet2@s2 (2 at a time" in _script(env, "launch", "bf16", "quartet2", "quartet2@s2")
+    report = _script(env, "wait", "240")
+    assert "QUEUE DONE" in report and "FAILED" not in report, report
+    s1, s2 = (ev / "run-quartet2.sh").read_text(), (ev / "run-quartet2@s2.sh").read_text()
+    assert "--seed 1234 --data-seed 1234 --fp4-format e2m1 --fp4-recipe quartet2 --fp4-seed 1234 " in s1
+    assert "--telemetry-csv" in s1 and "--telemetry-csv" not in s2
+    assert "--seed 1235 --data-seed 1234 --fp4-format e2m1 --fp4-recipe quartet2 --fp4-seed 1235 " in s2
+    assert "--fp4-seed" not in (ev / "run-bf16.sh").read_text()
+    for run in ("bf16", "quartet2", "quartet2@s2"):
+        assert (ev / f"{run}.done").exists(), run
+        assert len((ev / f"{run}.jsonl").read_text().splitlines()) == 2
+    assert (ev / "quartet2.telemetry.csv").exists()
+    assert (out / "evidence.tgz").exists()
+    with pytest.raises(AssertionError, match="bad or repeated runs"):
+        _script(env, "launch", "quartet3")

@@ -119,7 +119,7 @@ wait_queue() {
   echo "$(date -u +%T) $(grep -c . "$EV/queue.log" 2>/dev/null) queue events"; cat "$EV/queue.log"
   progress
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
-  tar czf "$OUT/evidence.tgz" -C "$EV" $(cd "$EV" && ls *.jsonl *.log 2>/dev/null | grep -v build.log)
+  tar czf "$OUT/evidence.tgz" -C "$EV" $(cd "$EV" && ls *.jsonl *.log *.csv *.done *.failed speed/* 2>/dev/null | grep -v build.log)
 }
 
 # ------------------------------------------------------------------ issue 15: resumable queue
@@ -251,7 +251,7 @@ call() {
     seed=$(run_seed "$run")
     mins=$(awk -v l="$left" -v s="$SLACK_S" 'BEGIN { printf "%.4f", (l - s) / 60 }')
     flags="--seed $seed --data-seed $DATA_SEED"
-    [ "$recipe" != bf16 ] && flags="$flags --fp4-format e2m1 --fp4-recipe $recipe"
+    [ "$recipe" != bf16 ] && flags="$flags --fp4-format e2m1 --fp4-recipe $recipe --fp4-seed $seed"
     [ -e "$CK/$run/latest" ] && load="--load $CK/$run"
     if [ "$recipe" != bf16 ] && [ "$seed" = 1234 ] && [ "$TEL_ITERS" -gt 0 ]; then
       tel="--telemetry-csv $EV/$run.telemetry.csv --telemetry-last-iters $TEL_ITERS"
@@ -385,14 +385,101 @@ resume_check() {  # (device) a short straight run vs the same run stopped halfwa
   exit $rc
 }
 
+
+# ------------------------------------------------------------------ issue 15: all runs at once
+# `launch` starts every run of issue 15 at once in the background (setsid), one process each,
+# $EVIDENCE_JOBS at a time (default 8), under CUDA MPS when the machine has it (kernels of the
+# small runs then share the GPU instead of taking turns); `wait` follows them. Same flags as
+# `call` (one data order, --seed and --fp4-seed 1233+N, telemetry on seed 1), no checkpoints:
+# the runs must finish on the machine they started on. Numerics do not depend on what else runs;
+# tokens/s does, so `speed` times each recipe alone first.
+#   bash tools/evidence_run.sh speed 64 bf16 nvfp4-sr quartet2   # (device) solo timing, 64 iterations
+#   bash tools/evidence_run.sh launch bf16 bf16@s2 nvfp4-sr …    # (device) start all, return
+#   bash tools/evidence_run.sh wait 560                          # (device) follow; logs -> $OUT
+mps_start() {  # CUDA MPS for the concurrent runs, if the machine has it and a client works
+  [ "${EVIDENCE_MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null 2>&1 || { echo "MPS: off"; return 0; }
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  pgrep -x nvidia-cuda-mps-control >/dev/null || nvidia-cuda-mps-control -d
+  if timeout 60 $PY -c 'import torch; print("MPS client ok:", float(torch.ones(8, device="cuda").sum()))'; then
+    return 0
+  fi
+  echo quit | nvidia-cuda-mps-control; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+  echo "MPS: a client failed; running without it"
+}
+
+run_flags() {  # the driver flags of one run (as `call`, minus checkpoints)
+  local run=$1 recipe=${1%@*} seed
+  seed=$(run_seed "$run")
+  local flags="--seed $seed --data-seed $DATA_SEED"
+  [ "$recipe" != bf16 ] && flags="$flags --fp4-format e2m1 --fp4-recipe $recipe --fp4-seed $seed"
+  if [ "$recipe" != bf16 ] && [ "$seed" = 1234 ] && [ "$TEL_ITERS" -gt 0 ]; then
+    flags="$flags --telemetry-csv $EV/$run.telemetry.csv --telemetry-last-iters $TEL_ITERS"
+  fi
+  echo "$flags"
+}
+
+launch() {
+  [ $# -gt 0 ] || { echo "launch: no runs given"; exit 2; }
+  local cfg=${CONFIG_GIVEN:-examples/configs/llama-5m-evidence.args} jobs=${EVIDENCE_JOBS:-8} i=0 run
+  device_env
+  prepare || exit 1
+  check_runs "$@" || exit 2
+  mps_start
+  export OMP_NUM_THREADS=1
+  rm -f "$EV/queue.log"
+  for run in "$@"; do
+    i=$(( i + 1 ))
+    cat > "$EV/run-$run.sh" <<EOF
+cd $PWD
+[ -e $EV/$run.done ] && exit 0
+rm -f $EV/$run.jsonl $EV/$run.failed $EV/$run.telemetry.csv
+echo "\$(date -u +%T) start $run"
+$PY -m torch.distributed.run --nproc-per-node 1 --master-port $(( 29100 + 7 * i )) \\
+  examples/pretrain_gpt.py @$cfg --data-path $CORPUS $(run_flags "$run") ${EVIDENCE_FLAGS:-} \\
+  --loss-log $EV/$run.jsonl > $EV/$run.log 2>&1 && touch $EV/$run.done || touch $EV/$run.failed
+echo "\$(date -u +%T) end $run"
+EOF
+  done
+  { echo "cd $PWD"; echo "printf '%s\\n' $* | xargs -P $jobs -I{} bash $EV/run-{}.sh"; echo 'echo QUEUE DONE'; } > "$EV/queue.sh"
+  setsid nohup bash "$EV/queue.sh" >>"$EV/queue.log" 2>&1 < /dev/null &
+  echo "launched: $* ($jobs at a time, config $cfg, queue pid $!)"
+}
+
+speed() {  # (device) each recipe alone for N iterations: tokens/s and peak memory without company
+  local iters=${1:?usage: speed ITERS RECIPE...}; shift
+  local cfg=${CONFIG_GIVEN:-examples/configs/llama-5m-evidence.args} d=$EV/speed r
+  device_env
+  prepare || exit 1
+  mkdir -p "$d"
+  for r in "$@"; do
+    local flags="--seed 1234 --data-seed $DATA_SEED"
+    [ "$r" != bf16 ] && flags="$flags --fp4-format e2m1 --fp4-recipe $r"
+    # shellcheck disable=SC2086
+    $PY -m torch.distributed.run --nproc-per-node 1 --master-port 29090 examples/pretrain_gpt.py @"$cfg" \
+      --data-path "$CORPUS" $flags --train-iters "$iters" --lr-warmup-iters 8 --eval-interval "$iters" \
+      --eval-iters 1 --log-interval "$iters" --loss-log "$d/$r.jsonl" > "$d/$r.log" 2>&1 \
+      || { echo "speed: $r failed"; grep -v -i warn "$d/$r.log" | tail -15; continue; }
+    $PY - "$d/$r.jsonl" "$r" <<'PYEOF'
+import json, statistics, sys
+rs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()][16:]
+ms = statistics.median(r["iter_ms"] for r in rs if "val_loss" not in r)
+print(f"speed {sys.argv[2]}: {ms:.1f} ms/iteration, {statistics.median(r['tokens_per_s'] for r in rs) / 1e6:.3f}M "
+      f"tokens/s, peak {max(r.get('peak_mem_gib', 0) for r in rs):.2f} GiB (median over iterations 17-{len(rs) + 16})")
+PYEOF
+  done
+}
+
 usage="evidence_run.sh restore | call SECONDS RUN... | collect DIR | status [RUN...] | resume-check [RECIPE [ITERS]]"
-usage="$usage | setup | start RUN... | wait SECONDS"
+usage="$usage | setup | start RUN... | wait SECONDS | launch RUN... | speed ITERS RECIPE..."
 cmd=${1:?usage: $usage}
 shift
 case $cmd in
   setup) device_env; mkdir -p "$EV" "$OUT"; setup ;;
   start) device_env; mkdir -p "$EV" "$OUT"; start "$@" ;;
   wait) mkdir -p "$EV" "$OUT"; wait_queue "$@" ;;
+  launch) launch "$@" ;;
+  speed) speed "$@" ;;
   restore) restore ;;
   call) call "$@" ;;
   collect) collect "$@" ;;

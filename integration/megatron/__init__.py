@@ -21,6 +21,8 @@ _EXPORTS = {
     "is_registered": "registry",
     "quartet_recipe": "registry",
     "te_recipe": "registry",
+    "set_quantizer_seed": "registry",
+    "quantizer_seed": "registry",
     "QuartetColumnParallelLinear": "local_linear",
     "QuartetRowParallelLinear": "local_linear",
     "QuartetTransformerLayer": "layers",

@@ -22,6 +22,7 @@ Usage::
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import threading
@@ -39,7 +40,9 @@ __all__ = [
     "is_registered",
     "megatron_core_version",
     "quartet_recipe",
+    "quantizer_seed",
     "register",
+    "set_quantizer_seed",
     "te_recipe",
     "valid_fp4_recipes",
 ]
@@ -52,7 +55,27 @@ MIN_MEGATRON_CORE = "0.16.1"
 TESTED_MEGATRON_CORE = ("0.16.1", "0.19.2", "0.20.0")  # 0.20: Megatron-LM main, in-tree
 
 _LOCK = threading.Lock()
-_STATE: dict[str, Any] = {"registered": False, "original_get_fp4_recipe": None}
+_STATE: dict[str, Any] = {"registered": False, "original_get_fp4_recipe": None, "seed": None}
+
+
+def set_quantizer_seed(seed: Optional[int]) -> None:
+    """Set the base seed of our recipes' random streams for this process (None: the preset's, 0).
+
+    Every layer derives its stream from this seed and its name (`quartet_te.rotation.layer_seed`),
+    so runs that differ in `seed` draw independent rotations and stochastic roundings. Call it
+    before the model is built: layers take their seed when they are created (a loaded checkpoint
+    brings its own). Not applied to a user's `fp4_quantizer_factory`, which owns its recipe.
+    """
+    if seed is not None:
+        from quartet_te.recipes.config import _check_seed
+
+        _check_seed(seed, "set_quantizer_seed")
+    _STATE["seed"] = seed
+
+
+def quantizer_seed() -> Optional[int]:
+    """The seed set by `set_quantizer_seed` (None: each preset's own)."""
+    return _STATE["seed"]
 
 
 def megatron_core_version() -> str:
@@ -249,10 +272,13 @@ def te_recipe(config: Any) -> Any:
 
 
 def get_recipe_for(name: str) -> Any:
-    """The quartet_te recipe object for a Megatron `fp4_recipe` name of ours."""
+    """The quartet_te recipe object for a Megatron `fp4_recipe` name of ours (with the seed of
+    `set_quantizer_seed`, when one is set)."""
     from quartet_te.recipes import get_recipe
 
-    return get_recipe(MEGATRON_RECIPES[name])
+    recipe = get_recipe(MEGATRON_RECIPES[name])
+    seed = _STATE["seed"]
+    return recipe if seed is None else dataclasses.replace(recipe, seed=seed)
 
 
 def _have_te() -> bool:

@@ -202,3 +202,26 @@ def test_malformed_local_extra_state_is_refused_at_load(saved, error, message):
     with pytest.raises(error, match=message):
         layer.set_extra_state({"quartet_te": saved})
     assert layer.quartet_rotation.step == 0
+
+
+def test_quantizer_seed_reaches_every_layer_and_changes_the_gradient(gen):
+    """`set_quantizer_seed` (the driver's --fp4-seed) gives each run its own quantizer streams."""
+    from quartet_te.integration.megatron import set_quantizer_seed
+
+    cfg = _config(num_layers=1)
+    tokens = torch.randint(0, 256, (2, 64), generator=gen)
+    pos = torch.arange(64).expand(2, -1)
+    grads = {}
+    try:
+        for seed in (None, 7):
+            set_quantizer_seed(seed)
+            torch.manual_seed(0)
+            model = _gpt(cfg)
+            rot = model.decoder.layers[0].mlp.linear_fc1.quartet_rotation
+            assert rot.seed == layer_seed(0 if seed is None else seed, "layer0.mlp.linear_fc1")
+            model(tokens, pos, None, labels=tokens).mean().backward()
+            grads[seed] = model.decoder.layers[0].mlp.linear_fc1.weight.grad.clone()
+    finally:
+        set_quantizer_seed(None)
+    # same weights and data, other random rotations / roundings: another (unbiased) gradient
+    assert not torch.equal(grads[None], grads[7])

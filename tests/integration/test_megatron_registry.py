@@ -178,3 +178,20 @@ def test_one_name_per_recipe_on_every_path():
         warnings.simplefilter("error", FutureWarning)  # no deprecated alias on the way
         cfg = TransformerConfig(**_SMALL, fp4="e2m1", fp4_recipe="nvfp4-sr")
         assert fp4_utils.get_fp4_recipe(cfg) == get_recipe("nvfp4-sr") == NVFP4Recipe()
+
+
+def test_quantizer_seed_is_checked_and_applied_to_our_recipes_only():
+    register()
+    try:
+        registry.set_quantizer_seed(1235)
+        assert registry.quantizer_seed() == 1235
+        cfg = TransformerConfig(**_SMALL, fp4="e2m1", fp4_recipe="quartet2-rot")
+        recipe = fp4_utils.get_fp4_recipe(cfg)
+        assert recipe.seed == 1235 and recipe.forward_rotation and recipe.name == "quartet2-rot"
+        for bad, error in ((True, TypeError), (1.5, TypeError), (-1, ValueError)):
+            with pytest.raises(error, match="seed"):
+                registry.set_quantizer_seed(bad)
+        assert registry.quantizer_seed() == 1235, "a refused seed must leave the old one"
+    finally:
+        registry.set_quantizer_seed(None)
+    assert fp4_utils.get_fp4_recipe(cfg).seed == 0

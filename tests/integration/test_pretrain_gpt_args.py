@@ -39,3 +39,14 @@ def test_recipe_flags_that_stay_valid(driver):
     assert driver.parse_args(["--fp4-format", "e2m1"]).fp4_recipe == "nvfp4"  # Megatron's default
     bf16 = driver.parse_args([])
     assert bf16.fp4 is None and bf16.fp4_recipe == "nvfp4"
+
+
+def test_fp4_seed_needs_one_of_our_recipes(driver):
+    assert driver.parse_args(["--fp4-format", "e2m1", "--fp4-recipe", "quartet2", "--fp4-seed", "5"]).fp4_seed == 5
+    with pytest.raises(ValueError, match="--fp4-seed seeds quartet_te's recipes"):
+        driver.parse_args(["--fp4-seed", "5"])
+    with pytest.raises(ValueError, match="--fp4-seed seeds quartet_te's recipes"):
+        driver.parse_args(["--fp4-format", "e2m1", "--fp4-seed", "5"])  # Megatron's nvfp4
+    with pytest.raises(ValueError, match="does not reach --fp4-quantizer-factory"):
+        driver.parse_args(["--fp4-format", "e2m1", "--fp4-recipe", "quartet2", "--fp4-seed", "5",
+                           "--fp4-quantizer-factory", "quartet_te.recipes.factories.quartet2_factory"])
