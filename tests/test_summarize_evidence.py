@@ -192,7 +192,27 @@ def test_gap_ratio_fieller_and_difference(tmp_path):
     md = se.format_aggregate(agg, "bf16", r, se.gap_curve(runs, "bf16", TPI))
     assert "| quartet2 | 3 (1, 2, 3) | 1.0250 | 0.0050 | +0.0150 | 0.0058 |" in md
     assert f"**Gap ratio** quartet2 / nvfp4-sr = 0.50, 95 % Fieller interval [{lo:.2f}, {hi:.2f}]" in md
-    assert "quartet2 and nvfp4-sr are not distinguishable at 95 % confidence" in md
+    # same seed = same initialization and data: the paired differences -0.01, -0.015, -0.02 have
+    # sd 0.005, so the paired t interval (2 dof) excludes 0 although the unpaired one does not
+    assert r["paired_seeds"] == [1, 2, 3] and r["paired_diffs"] == pytest.approx([-0.01, -0.015, -0.02])
+    assert r["paired_se"] == pytest.approx(0.005 / 3 ** 0.5)
+    phalf = 4.302653 * 0.005 / 3 ** 0.5
+    assert r["paired_ci"] == pytest.approx((-0.015 - phalf, -0.015 + phalf), abs=1e-6)
+    assert r["diff_ci"][0] < 0 < r["diff_ci"][1]
+    assert "**Same-seed difference** quartet2 - nvfp4-sr (seeds 1, 2, 3: s1: -0.0100" in md
+    assert "Reading (same-seed interval): quartet2 ends below nvfp4-sr at 95 % confidence." in md
+
+
+def test_compare_at_an_earlier_iteration(tmp_path):
+    """--at-iteration: runs that stopped early (here all nvfp4-sr seeds at 150) join the
+    comparison at a validation iteration they reached; one nobody reached is refused."""
+    runs = [se.load_run(p) for p in _write_seeded(tmp_path, SEEDED, ("nvfp4-sr", "nvfp4-sr@s2", "nvfp4-sr@s3"))]
+    assert "nvfp4-sr" not in se.aggregate(runs, "bf16", TPI)
+    agg = se.aggregate(runs, "bf16", TPI, at=128)
+    assert agg["nvfp4-sr"]["n"] == 3 and agg["quartet2"]["iteration"] == 128
+    assert agg["nvfp4-sr"]["gap"] == pytest.approx(0.03) and agg["quartet2"]["gap"] == pytest.approx(0.015)
+    with pytest.raises(ValueError, match="iteration 200"):
+        se.aggregate(runs, "bf16", TPI, at=200)
 
 
 def test_fieller_without_denominator_noise_is_the_t_interval(tmp_path):
@@ -233,6 +253,30 @@ def test_fieller_interval_covers_the_true_ratio():
                     or (kind == "outside" and not lo < 0.5 < hi))
         diff_covered += r["diff_ci"][0] <= mu[2] - mu[1] <= r["diff_ci"][1]
     assert 0.93 <= covered / 1000 <= 0.975 and 0.93 <= diff_covered / 1000 <= 0.975
+
+
+def test_same_seed_interval_covers_the_true_difference():
+    """Simulated experiments with a per-seed initialization effect (sd 0.01) that both recipes
+    share plus their own noise (sd 0.003): the paired 95 % interval of quartet2 - nvfp4-sr
+    covers the true -0.015 in 93-97.5 % of 1000 draws, and is narrower than the unpaired one."""
+    import random
+
+    rng = random.Random(1)
+    covered = narrower = 0
+    for _ in range(1000):
+        init = [rng.gauss(0.0, 0.01) for _ in range(3)]
+        agg = {}
+        for name, m, n in (("bf16", 1.0, 2), ("nvfp4-sr", 1.03, 3), ("quartet2", 1.015, 3)):
+            vals = [m + init[s] + rng.gauss(0.0, 0.003) for s in range(n)]
+            mean, sd = se.mean_sd(vals)
+            agg[name] = {"n": n, "mean": mean, "sd": sd, "seeds": [1, 2, 3][:n], "vals": vals}
+        for name in ("nvfp4-sr", "quartet2"):
+            agg[name]["gap"] = agg[name]["mean"] - agg["bf16"]["mean"]
+        r = se.gap_ratio(agg, "bf16", "quartet2", "nvfp4-sr")
+        lo, hi = r["paired_ci"]
+        covered += lo <= -0.015 <= hi
+        narrower += (hi - lo) < (r["diff_ci"][1] - r["diff_ci"][0])
+    assert 0.93 <= covered / 1000 <= 0.975 and narrower / 1000 > 0.8
 
 
 def test_gap_curve_and_its_plot(tmp_path):

@@ -400,7 +400,7 @@ mps_start() {  # CUDA MPS for the concurrent runs, if the machine has it and a c
   [ "${EVIDENCE_MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null 2>&1 || { echo "MPS: off"; return 0; }
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  pgrep -x nvidia-cuda-mps-control >/dev/null || nvidia-cuda-mps-control -d
+  pgrep -f nvidia-cuda-mps-control >/dev/null || nvidia-cuda-mps-control -d
   if timeout 60 $PY -c 'import torch; print("MPS client ok:", float(torch.ones(8, device="cuda").sum()))'; then
     return 0
   fi

@@ -16,7 +16,10 @@ sqrt(s_r^2/n_r + s_b^2/n_b) (s: sample standard deviation over seeds) and a Welc
 The gap ratio target/reference gets a Fieller interval: unpooled variances, the covariance the
 shared baseline mean puts into both gaps, t quantile at Welch-Satterthwaite degrees of freedom
 evaluated at the point estimate. The difference of the two recipes' mean val losses (the
-baseline cancels) gets a Welch t interval.
+baseline cancels) gets a Welch t interval, and the same-seed difference (seed s of both recipes
+starts from the same initialization on the same data) a paired t interval; the reading uses the
+paired one where two or more seeds pair. --at-iteration compares at an earlier validation
+iteration (e.g. the last one every run reached).
 """
 from __future__ import annotations
 
@@ -274,11 +277,14 @@ def final_iteration(runs: list[dict]) -> int | None:
 
 
 def aggregate(runs: list[dict], baseline: str, tokens_per_iter: int | None = None,
-              level: float = 0.95) -> dict[str, dict]:
-    """Per recipe, over the seeds that reached `final_iteration`: n, seeds, mean and sd of the
+              level: float = 0.95, at: int | None = None) -> dict[str, dict]:
+    """Per recipe, over the seeds that reached `final_iteration` (or validation iteration `at`,
+    e.g. the last one that every run reached when some stopped early): n, seeds, mean and sd of the
     final val loss, gap to the baseline's mean (se, Welch interval), same-seed gaps, tokens/s
     and peak memory (means over seeds of each run's median / maximum) and their ratios."""
-    it = final_iteration(runs)
+    it = final_iteration(runs) if at is None else at
+    if at is not None and not any(at in r["val"] for r in runs):
+        raise ValueError(f"no run has a validation loss at iteration {at}")
     done = [r for r in runs if it is not None and it in r["val"]]
     groups: dict[str, list[dict]] = {}
     for r in sorted(done, key=lambda r: r["seed"]):
@@ -324,6 +330,18 @@ def gap_ratio(agg: dict[str, dict], baseline: str, target: str, reference: str, 
     out = {"target": target, "reference": reference, "ratio": _ratio(t["gap"], r["gap"]),
            "diff": t["mean"] - r["mean"], "ratio_ci": None, "ratio_dof": None, "diff_ci": None, "diff_se": None,
            "level": level}
+    # Same-seed pairing: seed s of every recipe starts from the same initialization and sees the
+    # same data, so target(s) - reference(s) cancels the initialization's share of the seed noise.
+    tv, rv = (dict(zip(x.get("seeds", []), x.get("vals", []))) for x in (t, r))
+    common = sorted(set(tv) & set(rv))
+    out["paired_seeds"] = common
+    out["paired_diffs"] = [tv[s] - rv[s] for s in common]
+    out["paired_diff"] = statistics.fmean(out["paired_diffs"]) if common else None
+    out["paired_se"] = out["paired_ci"] = None
+    if len(common) >= 2:
+        out["paired_se"] = statistics.stdev(out["paired_diffs"]) / math.sqrt(len(common))
+        half = t_quantile(0.5 + level / 2, len(common) - 1) * out["paired_se"]
+        out["paired_ci"] = (out["paired_diff"] - half, out["paired_diff"] + half)
     if t["sd"] is None or r["sd"] is None:
         return out
     ut, ur = t["sd"] ** 2 / t["n"], r["sd"] ** 2 / r["n"]
@@ -408,11 +426,18 @@ def format_aggregate(agg: dict[str, dict], baseline: str, ratio: dict | None = N
                 f"**Difference** mean val {t} - {ref} = {ratio['diff']:+.4f}"
                 + (f" ± {ratio['diff_se']:.4f} (se), {pct} Welch interval {_ci_text(ratio['diff_ci'], '+.4f')}"
                    if ratio["diff_ci"] else " (no interval: a recipe has one seed)") + "."]
-        if ratio["diff_ci"]:
-            lo, hi = ratio["diff_ci"]
+        if ratio.get("paired_ci"):
+            diffs = ", ".join(f"s{s}: {d:+.4f}" for s, d in zip(ratio["paired_seeds"], ratio["paired_diffs"]))
+            out.append(f"**Same-seed difference** {t} - {ref} (seeds {', '.join(map(str, ratio['paired_seeds']))}: "
+                       f"{diffs}) = {ratio['paired_diff']:+.4f} ± {ratio['paired_se']:.4f} (se), {pct} t interval "
+                       f"({len(ratio['paired_seeds']) - 1} dof) {_ci_text(ratio['paired_ci'], '+.4f')}.")
+        ci = ratio.get("paired_ci") or ratio["diff_ci"]
+        if ci:
+            lo, hi = ci
             verdict = (f"{t} ends below {ref}" if hi < 0 else f"{t} ends above {ref}" if lo > 0
                        else f"{t} and {ref} are not distinguishable")
-            out.append(f"Reading: {verdict} at {pct} confidence.")
+            basis = "same-seed" if ratio.get("paired_ci") else "unpaired"
+            out.append(f"Reading ({basis} interval): {verdict} at {pct} confidence.")
     if curves:
         its = sorted({p["iteration"] for pts in curves.values() for p in pts})
         rec = sorted(curves)
@@ -561,12 +586,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--title", help="plot title, e.g. model / tokens / device")
     p.add_argument("--gap-plot", help="PNG of the mean gap to the baseline vs tokens (±1 se band)")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
+    p.add_argument("--at-iteration", type=int,
+                   help="compare over seeds at this validation iteration (default: the last any run reached)")
     p.add_argument("--telemetry", nargs="*", default=[], help="per-GEMM telemetry CSVs to tabulate")
     a = p.parse_args(argv)
     runs = [load_run(f) for f in a.logs]
     print(format_markdown(summarize(runs, a.baseline, a.reference, a.tokens_per_iter), a.baseline, a.reference,
                           a.target), end="")
-    agg = aggregate(runs, a.baseline, a.tokens_per_iter, a.level)
+    agg = aggregate(runs, a.baseline, a.tokens_per_iter, a.level, a.at_iteration)
     curves = gap_curve(runs, a.baseline, a.tokens_per_iter)
     if agg:
         ratio = gap_ratio(agg, a.baseline, a.target, a.reference, a.level) if a.target and a.reference else None
