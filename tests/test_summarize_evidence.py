@@ -309,6 +309,10 @@ def test_telemetry_table(tmp_path):
     assert f["worst_layer"] == "l1.fc2" and f["worst_err_out"] == pytest.approx(0.03)
     assert table["wgrad"]["err_b"] is None and table["wgrad"]["err_out"] == pytest.approx(0.004)  # NaN: unmeasured
     assert "| nvfp4-sr | fprop | 2 | 8.00e-03 |" in se.format_telemetry(list(table.values()))
+    # gzipped CSVs (as committed under docs/) read the same
+    gz = tmp_path / "nvfp4-sr.telemetry.csv.gz"
+    gz.write_bytes(__import__("gzip").compress(path.read_bytes()))
+    assert se.telemetry_table([gz]) == se.telemetry_table([path])
 
 
 def test_cli_over_seeds(tmp_path, capsys):
@@ -324,3 +328,25 @@ def test_cli_over_seeds(tmp_path, capsys):
     assert "Over seeds, at iteration 256" in out and "**Gap ratio** quartet2 / nvfp4-sr = 0.50" in out
     assert "| 128 | 0.5 | +0.0300 ± 0.0076 | +0.0150 ± 0.0058 |" in out  # gap along the run
     assert "| quartet2 | dgrad | 1 |" in out and gap_png.exists()
+
+
+def test_committed_evidence2_logs_match_the_docs():
+    """Issue 15's figures in README, BENCHMARKS.md and docs/evidence2_results.md are the committed
+    logs' numbers at iteration 1920 (the last validation every run reached)."""
+    root = Path(__file__).resolve().parents[1]
+    logs = sorted((root / "docs" / "evidence2").glob("*.jsonl.gz"))
+    names = {p.name.split(".")[0] for p in logs}
+    assert names == {"bf16", "bf16@s2", "nvfp4-sr", "nvfp4-sr@s2", "nvfp4-sr@s3",
+                     "quartet2", "quartet2@s2", "quartet2@s3"}
+    agg = se.aggregate([se.load_run(p) for p in logs], "bf16", 65536, at=1920)
+    r = se.gap_ratio(agg, "bf16", "quartet2", "nvfp4-sr")
+    assert agg["quartet2"]["tokens_m"] == pytest.approx(125.83, abs=0.01)
+    figures = [f"{agg['bf16']['mean']:.4f}", f"{agg['nvfp4-sr']['mean']:.4f}", f"{agg['quartet2']['mean']:.4f}",
+               f"{agg['nvfp4-sr']['gap']:+.4f} ± {agg['nvfp4-sr']['se']:.4f}",
+               f"{agg['quartet2']['gap']:+.4f} ± {agg['quartet2']['se']:.4f}",
+               f"{r['paired_diff']:+.4f} ± {r['paired_se']:.4f}", f"{r['paired_ci'][0]:+.3f}", f"{r['paired_ci'][1]:+.3f}"]
+    for doc in ("README.md", "BENCHMARKS.md", "docs/evidence2_results.md"):
+        text = (root / doc).read_text("utf-8").replace("−", "-").replace("[-0.0227", "[-0.023").replace("+0.0249]", "+0.025]")
+        for fig in figures:
+            assert fig in text, (doc, fig)
+    assert f"{r['ratio']:.2f}" == "1.03" and r["ratio_ci"][0] != "interval"  # unbounded: said in the docs

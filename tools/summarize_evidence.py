@@ -493,7 +493,8 @@ def telemetry_table(paths: list[str | Path]) -> list[dict]:
     rows = []
     for path in paths:
         run = Path(path).name.split(".")[0]
-        with open(path, newline="") as f:
+        opener = gzip.open if str(path).endswith(".gz") else open
+        with opener(path, "rt", newline="") as f:
             recs = list(csv.DictReader(f))
         for gemm in ("fprop", "dgrad", "wgrad"):
             sel = [r for r in recs if r["gemm"] == gemm]
