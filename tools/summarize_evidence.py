@@ -36,10 +36,15 @@ WARMUP = 20  # first iterations left out of throughput medians (compilation, all
 TAIL = 32  # iterations in the train-loss mean and in the plot's running mean
 
 
+def _read_text(path: Path) -> str:
+    """A log or CSV as text, gunzipped if its name ends in .gz (as committed under docs/)."""
+    return gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+
+
 def load_run(path: str | Path) -> dict[str, Any]:
     """One log as columns plus {iteration: val_loss}; a repeated iteration keeps its last record."""
     path = Path(path)
-    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    text = _read_text(path)
     recs = {r["iteration"]: r for r in map(json.loads, filter(str.strip, text.splitlines()))}
     if not recs:
         raise ValueError(f"{path}: no records")
@@ -336,12 +341,13 @@ def gap_ratio(agg: dict[str, dict], baseline: str, target: str, reference: str, 
     common = sorted(set(tv) & set(rv))
     out["paired_seeds"] = common
     out["paired_diffs"] = [tv[s] - rv[s] for s in common]
-    out["paired_diff"] = statistics.fmean(out["paired_diffs"]) if common else None
-    out["paired_se"] = out["paired_ci"] = None
-    if len(common) >= 2:
-        out["paired_se"] = statistics.stdev(out["paired_diffs"]) / math.sqrt(len(common))
-        half = t_quantile(0.5 + level / 2, len(common) - 1) * out["paired_se"]
-        out["paired_ci"] = (out["paired_diff"] - half, out["paired_diff"] + half)
+    out["paired_diff"] = out["paired_se"] = out["paired_ci"] = None
+    if common:
+        out["paired_diff"], psd = mean_sd(out["paired_diffs"])
+        if psd is not None:  # one variance term from n pairs: the paired t interval, n - 1 dof
+            out["paired_se"], _, lo, hi = welch_interval(out["paired_diff"], [(psd * psd / len(common), len(common))],
+                                                         level)
+            out["paired_ci"] = (lo, hi)
     if t["sd"] is None or r["sd"] is None:
         return out
     ut, ur = t["sd"] ** 2 / t["n"], r["sd"] ** 2 / r["n"]
@@ -493,9 +499,7 @@ def telemetry_table(paths: list[str | Path]) -> list[dict]:
     rows = []
     for path in paths:
         run = Path(path).name.split(".")[0]
-        opener = gzip.open if str(path).endswith(".gz") else open
-        with opener(path, "rt", newline="") as f:
-            recs = list(csv.DictReader(f))
+        recs = list(csv.DictReader(_read_text(Path(path)).splitlines()))
         for gemm in ("fprop", "dgrad", "wgrad"):
             sel = [r for r in recs if r["gemm"] == gemm]
             if not sel:
