@@ -76,14 +76,29 @@ __device__ __forceinline__ float e2m1_mag(int idx) {
 // RTN to E2M1 (ties to even) -> 4-bit code. Same result as counting the midpoints passed
 // (> .25, >= .75, > 1.25, >= 1.75, > 2.5, >= 3.5, > 5): the code is rint(2m) below 2,
 // rint(m) + 2 up to 4, rint(m/2) + 4 above, and the smallest of the three (each biased by M, so
-// float order is integer order) is always the right one; m saturates at 6.
-__device__ __forceinline__ uint32_t e2m1_rn(float u) {
+// float order is integer order) is always the right one; m saturates at 6. e2m1_rn_biased
+// returns that smallest candidate, the float M + i of the magnitude index i (exact): its low
+// bits are i (e2m1_code) and M + i - M is i as a float (e2m1_value), with no integer round trip.
+__device__ __forceinline__ float e2m1_rn_biased(float u) {
   const float m = fminf(fabsf(u), 6.f);
   const float a = __fmaf_rn(m, 2.f, 12582912.f);   // M + rint(2m)      (2m exact: one rounding)
   const float b = __fadd_rn(m, 12582914.f);        // M + 2 + rint(m)
   const float c = __fmaf_rn(m, 0.5f, 12582916.f);  // M + 4 + rint(m/2) (m/2 exact inside the FMA)
-  const uint32_t idx = __float_as_uint(fminf(a, fminf(b, c))) & 7u;
-  return idx | ((__float_as_uint(u) >> 28) & 8u);
+  return fminf(a, fminf(b, c));
+}
+
+__device__ __forceinline__ uint32_t e2m1_code(float biased, float u) {
+  return (__float_as_uint(biased) & 7u) | ((__float_as_uint(u) >> 28) & 8u);
+}
+
+__device__ __forceinline__ uint32_t e2m1_rn(float u) { return e2m1_code(e2m1_rn_biased(u), u); }
+
+// The value of e2m1_code(biased, u): magnitude max(i/2, i - 2, 3i - 15) (exact small integers
+// and halves), with the sign of u (code 8, from u = -0 or a negative u rounding to 0, is -0).
+__device__ __forceinline__ float e2m1_value(float biased, float u) {
+  const float i = __fsub_rn(biased, 12582912.f);
+  const float mag = fmaxf(fmaxf(__fmul_rn(i, 0.5f), __fsub_rn(i, 2.f)), __fmaf_rn(i, 3.f, -15.f));
+  return __uint_as_float(__float_as_uint(mag) | (__float_as_uint(u) & 0x80000000u));
 }
 
 // Value of an E2M1 code: magnitude max(i/2, i - 2, 3i - 15) for i = code & 7 (exact small
@@ -92,6 +107,25 @@ __device__ __forceinline__ float e2m1_decode(uint32_t code) {
   const float i = __fsub_rn(__uint_as_float((code & 7u) | 0x4B400000u), 12582912.f);
   const float mag = fmaxf(fmaxf(__fmul_rn(i, 0.5f), __fsub_rn(i, 2.f)), __fmaf_rn(i, 3.f, -15.f));
   return __uint_as_float(__float_as_uint(mag) | ((code & 8u) << 28));
+}
+
+// The 8 codes of a word (code k in bits 4k .. 4k+3) decoded two at a time, for the decoding
+// loads: E2M1 is FP16 with a 2-bit exponent (bias 1 instead of 15) and a 1-bit mantissa, so the
+// magnitude bits e1 e0 m placed at FP16 bits 11..9 (sign at 15) give 2^-14 times the value,
+// subnormal range included (e1 e0 = 0); codes k and k + 4 share one FP16x2 word, one exact FP16
+// multiply by 2^14 and exact conversions finish it. The same values as e2m1_decode (-0 for 8).
+__device__ __forceinline__ void e2m1_decode8(uint32_t w, float (&v)[8]) {
+  const __half2 two14 = __halves2half2(__ushort_as_half(0x7400), __ushort_as_half(0x7400));
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const uint32_t t = w >> (4 * k);
+    const uint32_t h = ((t << 9) & 0x0E000E00u) | ((t << 12) & 0x80008000u);
+    __half2 x;
+    memcpy(&x, &h, sizeof(h));
+    const float2 f = __half22float2(__hmul2(x, two14));
+    v[k] = f.x;
+    v[k + 4] = f.y;
+  }
 }
 
 __device__ __forceinline__ uint8_t e4m3_rn_bits(float v) {

@@ -15,6 +15,7 @@
 // Each has an AMAX instantiation that computes max |x| (raw and/or rotated) for the tensor scale
 // when the caller gives none; the quantize pass then reads it from device memory (no host sync).
 #include <algorithm>
+#include <type_traits>
 
 #include "common.cuh"
 
@@ -76,8 +77,9 @@ __device__ __forceinline__ void vconvert(const Vec<KIND>& r, float st, float (&v
   } else if constexpr (KIND == kNVFP4) {
     // (decode(code) * s_b) * s_t, left to right.
     const float sb = e4m3_to_float(uint8_t(r.scale));
+    e2m1_decode8(r.codes, v);
 #pragma unroll
-    for (int k = 0; k < 8; ++k) v[k] = __fmul_rn(__fmul_rn(e2m1_decode((r.codes >> (4 * k)) & 0xfu), sb), st);
+    for (int k = 0; k < 8; ++k) v[k] = __fmul_rn(__fmul_rn(v[k], sb), st);
   } else {
     const uint32_t w[4] = {r.a.x, r.a.y, r.a.z, r.a.w};
 #pragma unroll
@@ -131,6 +133,36 @@ __device__ __forceinline__ Signs load_signs(const QuantParams& p, uint64_t sign_
   return g;
 }
 
+// The tile kernels share one draw of the rotation's signs per block: 32 threads starting at
+// `t0` stage the rot_n signs (pre-multiplied by 1/n) in shared memory, each one Philox block (or
+// four entries of p.signs); after a barrier every thread reads its 8 (read_signs). The same
+// values as load_signs, for a quarter of a Philox block per thread instead of two.
+__device__ __forceinline__ void stage_signs(const QuantParams& p, uint64_t sign_offset, float* dst, int t0) {
+  const int j = int(threadIdx.x) - t0;
+  if (j < 0 || j >= 32) return;
+  float4 v = make_float4(1.f, 1.f, 1.f, 1.f);  // no rotation: ones (rotate8 does not read them)
+  if (p.rot_n != 0 && 4 * j < p.rot_n) {
+    const float inv_n = p.rot_n == 16 ? 0.0625f : 0.0078125f;
+    if (p.signs != nullptr) {
+      v = make_float4(__fmul_rn(__ldg(p.signs + 4 * j), inv_n), __fmul_rn(__ldg(p.signs + 4 * j + 1), inv_n),
+                      __fmul_rn(__ldg(p.signs + 4 * j + 2), inv_n), __fmul_rn(__ldg(p.signs + 4 * j + 3), inv_n));
+    } else {
+      const U4 r = philox_block(p.seed, sign_offset, uint64_t(j));
+      v = make_float4((r.x >> 31) ? -inv_n : inv_n, (r.y >> 31) ? -inv_n : inv_n, (r.z >> 31) ? -inv_n : inv_n,
+                      (r.w >> 31) ? -inv_n : inv_n);
+    }
+  }
+  reinterpret_cast<float4*>(dst)[j] = v;
+}
+
+// This lane's 8 staged signs (its group's position in the chunk: lane bits below rot_n / 8).
+__device__ __forceinline__ Signs read_signs(const QuantParams& p, const float* src, uint32_t lane) {
+  const uint32_t mask = p.rot_n == 16 ? 1u : 15u;
+  const float4* q = reinterpret_cast<const float4*>(src) + 2 * (lane & mask);
+  const float4 lo = q[0], hi = q[1];
+  return Signs{{lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w}};
+}
+
 // The Philox streams of a launch: absolute, or relative to the device step counter.
 struct Streams {
   uint64_t offset, sign_offset;
@@ -142,8 +174,16 @@ __device__ __forceinline__ Streams resolve_streams(const QuantParams& p) {
   return Streams{p.offset + base, p.sign_offset + base};
 }
 
+// SCALED = false leaves out the final multiply by rot_scale: an amax pass applies it once to its
+// maximum instead (scale_key), which gives the same bits because rounding is monotone:
+// max_i fl(|v_i| * c) = fl(max_i |v_i| * c) for c > 0.
+// ROT: the rotation size if known at compile time (the MS-EDEN kernels: 128), else kAnyRot.
+constexpr int kAnyRot = -1;
+
+template <bool SCALED = true, int ROT = kAnyRot>
 __device__ __forceinline__ void rotate8(float (&v)[8], const QuantParams& p, const Signs& sg, uint32_t lane) {
-  if (p.rot_n == 0) return;
+  const int rot_n = ROT == kAnyRot ? p.rot_n : ROT;
+  if (rot_n == 0) return;
 #pragma unroll
   for (int k = 0; k < 8; ++k) v[k] = __fmul_rn(v[k], sg.s[k]);
 #pragma unroll
@@ -158,14 +198,28 @@ __device__ __forceinline__ void rotate8(float (&v)[8], const QuantParams& p, con
   }
   // Across lanes: the lower lane of a pair computes a + b, the upper b' = a - b, both as
   // fma(mine, +-1, other): mine * +-1 is exact, so this is one rounding of the same sum, with
-  // no select (the kernels are bound by the ALU pipe).
-  for (int m = 1; m < p.rot_n / 8; m *= 2) {
+  // no select (the kernels are bound by the ALU pipe). Unrolled only where ROT is known (a
+  // run-time trip count would be unrolled with remainder code, at twice the registers).
+  const auto stage = [&](int m) {
     const float sgn = (lane & uint32_t(m)) ? -1.f : 1.f;
 #pragma unroll
     for (int k = 0; k < 8; ++k) v[k] = __fmaf_rn(v[k], sgn, __shfl_xor_sync(kFull, v[k], m));
-  }
+  };
+  if constexpr (ROT != kAnyRot) {
 #pragma unroll
-  for (int k = 0; k < 8; ++k) v[k] = __fmul_rn(v[k], p.rot_scale);
+    for (int m = 1; m < ROT / 8; m *= 2) stage(m);
+  } else {
+    for (int m = 1; m < rot_n / 8; m *= 2) stage(m);
+  }
+  if constexpr (SCALED) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = __fmul_rn(v[k], p.rot_scale);
+  }
+}
+
+// The amax key of max |rotate8<true>(v)| from the key of max |rotate8<false>(v)| (NaN stays NaN).
+__device__ __forceinline__ unsigned scale_key(unsigned key, const QuantParams& p) {
+  return p.rot_n == 0 ? key : amax_key(__fmul_rn(__uint_as_float(key), p.rot_scale));
 }
 
 // Pairwise tree of adjacent elements.
@@ -221,10 +275,19 @@ __device__ __forceinline__ void store_operand(const GroupOut& o, const float (&v
   reinterpret_cast<uint4*>(o.operand)[o.g] = make_uint4(w[0], w[1], w[2], w[3]);
 }
 
+// A kernel's quantization mode: fixed at compile time (fewer instructions and registers than the
+// generic code, which carries every mode), or kAnyMode: read from QuantParams at run time.
+constexpr int kAnyMode = -1;
+
 // Quantizes the (already rotated) group `v`, scaled by rt = inv_scale(tensor scale); `offset` is
-// the launch's resolved rounding stream. All 32 lanes must call it.
+// the launch's resolved rounding stream. MODE: kAnyMode or the value of p.mode. MS-EDEN's
+// scale-rounding word is Philox word g/2 of (seed, offset): drawn here, or, with PRE_DRAWN,
+// passed in as `eden_word` by a kernel that drew it for several groups at once. All 32 lanes
+// must call it.
+template <int MODE, bool PRE_DRAWN = false>
 __device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantParams& p, float rt, uint64_t offset,
-                                               uint32_t lane, const GroupOut& o) {
+                                               uint32_t lane, const GroupOut& o, uint32_t eden_word = 0) {
+  const int mode = MODE == kAnyMode ? p.mode : MODE;
   float xs[8];
 #pragma unroll
   for (int k = 0; k < 8; ++k) xs[k] = __fmul_rn(v[k], rt);
@@ -234,7 +297,7 @@ __device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantP
   uint32_t codes = 0;
   uint8_t sb;
   float val[8];  // decode(code) * s_b: the exact BF16 operand
-  if (p.mode == kFourOverSix) {
+  if (mode == kFourOverSix) {
     const uint8_t s6 = block_scale_bits(ab, p.M), s4 = block_scale_bits(ab, p.M4);
     const float f6 = e4m3_to_float(s6), f4 = e4m3_to_float(s4);
     const float y6 = __frcp_rn(f6), y4 = __frcp_rn(f4);  // E4M3 values: normal reciprocals
@@ -242,11 +305,12 @@ __device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantP
     float e6[8], e4[8], d6[8], d4[8];
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      const uint32_t q6 = e2m1_rn(__fmul_rn(xs[k], y6)), q4 = e2m1_rn(__fmul_rn(xs[k], y4));
-      c6 |= q6 << (4 * k);
-      c4 |= q4 << (4 * k);
-      d6[k] = __fmul_rn(e2m1_decode(q6), f6);
-      d4[k] = __fmul_rn(e2m1_decode(q4), f4);
+      const float u6 = __fmul_rn(xs[k], y6), u4 = __fmul_rn(xs[k], y4);
+      const float b6 = e2m1_rn_biased(u6), b4 = e2m1_rn_biased(u4);
+      c6 |= e2m1_code(b6, u6) << (4 * k);
+      c4 |= e2m1_code(b4, u4) << (4 * k);
+      d6[k] = __fmul_rn(e2m1_value(b6, u6), f6);
+      d4[k] = __fmul_rn(e2m1_value(b4, u4), f4);
       const float r6 = __fsub_rn(xs[k], d6[k]), r4 = __fsub_rn(xs[k], d4[k]);
       e6[k] = __fmul_rn(r6, r6);
       e4[k] = __fmul_rn(r4, r4);
@@ -259,7 +323,7 @@ __device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantP
     sb = pick4 ? s4 : s6;
 #pragma unroll
     for (int k = 0; k < 8; ++k) val[k] = pick4 ? d4[k] : d6[k];
-  } else if (p.mode == kSR) {
+  } else if (mode == kSR) {
     sb = block_scale_bits(ab, p.M);
     const float f = e4m3_to_float(sb), yf = __frcp_rn(f);
     const uint64_t q0 = o.g * 2;  // random indices 8g .. 8g+7 = Philox blocks 2g, 2g+1
@@ -288,12 +352,12 @@ __device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantP
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       u[k] = __fmul_rn(xs[k], yf);
-      const uint32_t code = e2m1_rn(u[k]);
-      codes |= code << (4 * k);
-      dq[k] = e2m1_decode(code);
+      const float b = e2m1_rn_biased(u[k]);
+      codes |= e2m1_code(b, u[k]) << (4 * k);
+      dq[k] = e2m1_value(b, u[k]);
     }
     float fs = f;
-    if (p.mode == kEden) {
+    if (mode == kEden) {
       float nn[8], dd[8];
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
@@ -316,7 +380,8 @@ __device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantP
       const uint8_t up = (downf == vs || down >= 0x7e) ? down : uint8_t(down + 1);
       const float upf = e4m3_to_float(up);
       const float pr = upf == downf ? 0.f : __fdiv_rn(__fsub_rn(vs, downf), __fsub_rn(upf, downf));
-      const bool take_up = uniform24(philox_word(p.seed, offset, o.g >> 1)) < pr;
+      const uint32_t word = PRE_DRAWN ? eden_word : philox_word(p.seed, offset, o.g >> 1);
+      const bool take_up = uniform24(word) < pr;
       sb = take_up ? up : down;
       fs = take_up ? upf : downf;
     }
@@ -348,8 +413,10 @@ struct RowArgs {
   unsigned* acc_rot;  // amax pass: max |rotate(x)|
 };
 
-template <int KIND, bool AMAX>
+// MODE: kAnyMode or the launch's mode (kEden: with the 128-point rotation).
+template <int KIND, bool AMAX, int MODE>
 __global__ void __launch_bounds__(kThreads) row_kernel(RowArgs a) {
+  constexpr int kRot = MODE == kEden ? 128 : kAnyRot;
   constexpr int kUnroll = AMAX ? 4 : 2;
   const int64_t G = a.R * (a.C / 8);
   const int64_t T = int64_t(gridDim.x) * blockDim.x;
@@ -386,12 +453,12 @@ __global__ void __launch_bounds__(kThreads) row_kernel(RowArgs a) {
       if constexpr (AMAX) {
         mraw = max(mraw, amax8_key(v));
         if (a.acc_rot != nullptr) {
-          rotate8(v, a.p, sg, lane);
+          rotate8<false>(v, a.p, sg, lane);
           mrot = max(mrot, amax8_key(v));
         }
       } else {
-        rotate8(v, a.p, sg, lane);
-        quantize_group(v, a.p, rt, streams.offset, lane, GroupOut{a.data, a.scales, a.operand, uint64_t(g), g < G});
+        rotate8<true, kRot>(v, a.p, sg, lane);
+        quantize_group<MODE>(v, a.p, rt, streams.offset, lane, GroupOut{a.data, a.scales, a.operand, uint64_t(g), g < G});
       }
     }
 #pragma unroll
@@ -399,7 +466,7 @@ __global__ void __launch_bounds__(kThreads) row_kernel(RowArgs a) {
   }
   if constexpr (AMAX) {
     warp_atomic_max(a.acc_raw, mraw);
-    warp_atomic_max(a.acc_rot, mrot);
+    warp_atomic_max(a.acc_rot, scale_key(mrot, a.p));
   }
 }
 
@@ -422,18 +489,108 @@ struct TileArgs {
   unsigned *acc_raw, *acc_rowrot, *acc_colrot;  // amax pass
 };
 
-// Shared tile of floats, row stride 128; columns XOR-swizzled in units of 4 floats so that the
-// column reads of 16 lanes (rows 8l+k) spread over the banks (2-way at most) while 16-byte
-// stores stay contiguous.
-template <int TC>
-__device__ __forceinline__ int sidx(int r, int c) { return r * TC + (c ^ (((r >> 3) & 7) << 2)); }
+// The tile in shared memory, row stride TC. 16-bit inputs keep their own bits (half the shared
+// memory of floats: twice the tiles per SM where registers allow; converting on each read is
+// exact); float and decoded FP4 inputs are kept as floats. Columns are XOR-swizzled in units of
+// 16 bytes by bits of r / 8, so that the column reads of 16 lanes (rows 8 l + k, l = lane & 15)
+// spread over the banks (2-way at most) while 16-byte row accesses stay contiguous; the swizzle
+// of the rows 8 l .. 8 l + 7 is one value, so a column read is a base plus k * TC.
+template <int KIND, int TC>
+struct SmemTile {
+  static constexpr bool kHalf = KIND == kBF16 || KIND == kF16;
+  using T = typename std::conditional<kHalf, uint16_t, float>::type;
+  static constexpr int kPerChunk = 16 / sizeof(T);                      // elements per 16 bytes
+  static constexpr int kSwizzleMask = kHalf ? TC / 8 - 1 : 7;           // chunks XORed
+  static constexpr int kBytes = kTile * TC * int(sizeof(T));
+  T* t;
+
+  __device__ __forceinline__ static int idx(int r, int c) {
+    return r * TC + (c ^ (((r >> 3) & kSwizzleMask) * kPerChunk));
+  }
+  __device__ __forceinline__ static float to_float(T e) {
+    if constexpr (KIND == kBF16) {
+      return bf16_bits_to_float(e);
+    } else if constexpr (KIND == kF16) {
+      __half_raw h;
+      h.x = e;
+      return __half2float(__half(h));
+    } else {
+      return e;
+    }
+  }
+  // The 8 elements of row r from column 8 c8, from their loaded form.
+  __device__ __forceinline__ void store_group(int r, int c8, const Vec<KIND>& raw, float st_in) const {
+    if constexpr (kHalf) {
+      *reinterpret_cast<uint4*>(t + idx(r, 8 * c8)) = raw.a;
+    } else {
+      float v[8];
+      vconvert<KIND>(raw, st_in, v);
+      *reinterpret_cast<float4*>(t + idx(r, 8 * c8)) = make_float4(v[0], v[1], v[2], v[3]);
+      *reinterpret_cast<float4*>(t + idx(r, 8 * c8 + 4)) = make_float4(v[4], v[5], v[6], v[7]);
+    }
+  }
+  __device__ __forceinline__ void load_row(int r, int c8, float (&v)[8]) const {
+    if constexpr (kHalf) {
+      Vec<KIND> raw;
+      raw.a = *reinterpret_cast<const uint4*>(t + idx(r, 8 * c8));
+      vconvert<KIND>(raw, 1.f, v);
+    } else {
+      const float4 lo = *reinterpret_cast<const float4*>(t + idx(r, 8 * c8));
+      const float4 hi = *reinterpret_cast<const float4*>(t + idx(r, 8 * c8 + 4));
+      v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+    }
+  }
+  // Rows 8 r8 .. 8 r8 + 7 of column c.
+  __device__ __forceinline__ void load_col(int r8, int c, float (&v)[8]) const {
+    const T* base = t + idx(8 * r8, c);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = to_float(base[k * TC]);
+  }
+};
+
+// MS-EDEN's scale-rounding words of one direction of a tile, drawn once per Philox block (four
+// 16-blocks) instead of once per group: along the quantized dim a tile line (a row of the tile
+// for the row-wise output, a column for the column-wise one) holds 128 elements = 8 blocks = 2
+// Philox blocks, starting at a multiple of 8 blocks (the quantized dim and the tile origin are
+// multiples of 128). `first_group(line)` is the global group index of the line's first element.
+// Thread t draws Philox block t & 1 of line t >> 1; lines >= `lines` are skipped.
+template <typename FirstGroup>
+__device__ __forceinline__ void draw_eden_words(uint4* words, int lines, const QuantParams& p, uint64_t offset,
+                                                FirstGroup first_group) {
+  const int line = threadIdx.x >> 1, half = threadIdx.x & 1;
+  if (line < lines) {
+    const U4 r = philox_block(p.seed, offset, (first_group(line) >> 3) + uint64_t(half));
+    words[2 * line + half] = make_uint4(r.x, r.y, r.z, r.w);
+  }
+}
+
+// The pre-drawn word of the group at position `pos` (0..15) along its tile line.
+__device__ __forceinline__ uint32_t eden_word(const uint4* words, int line, int pos) {
+  return reinterpret_cast<const uint32_t*>(words)[8 * line + (pos >> 1)];
+}
+
+// Blocks per SM the tile kernels are compiled for (registers capped to fit; without a cap ptxas
+// keeps the whole tile's decoded loads in registers): amax passes 5 (48 registers; 4 for full
+// 128-wide tiles, whose 8 loads per thread would spill), MS-EDEN 4 (64), the generic quantizer 3
+// (80).
+template <int KIND, bool AMAX, int TC, int MODE>
+constexpr int tile_min_blocks() {
+  return AMAX ? (TC == kTile ? 4 : 5) : MODE == kEden ? 4 : 3;
+}
 
 // TC: tile width, 128 when a row-wise output (whose 128-chunks must fit) is produced, else 64
 // (half the shared memory: more tiles in flight per SM for the column-wise-only launches).
-template <int KIND, bool AMAX, int TC>
-__global__ void __launch_bounds__(kThreads) tile_kernel(TileArgs a) {
+// MODE: kAnyMode, or the mode of every enabled direction (kEden: with the 128-point rotation, its
+// rounding words pre-drawn).
+template <int KIND, bool AMAX, int TC, int MODE>
+__global__ void __launch_bounds__(kThreads, tile_min_blocks<KIND, AMAX, TC, MODE>()) tile_kernel(TileArgs a) {
   extern __shared__ float4 smem4[];
-  float* tile = reinterpret_cast<float*>(smem4);
+  using Tile = SmemTile<KIND, TC>;
+  const Tile tile{reinterpret_cast<typename Tile::T*>(smem4)};
+  constexpr bool kPreDrawn = MODE == kEden && !AMAX;
+  constexpr int kRot = MODE == kEden ? 128 : kAnyRot;
+  __shared__ uint4 words_row[kPreDrawn && TC == kTile ? 2 * kTile : 1];
+  __shared__ uint4 words_col[kPreDrawn ? 2 * TC : 1];
   constexpr int kIters = kTile * TC / 8 / kThreads;  // 8 or 4
   constexpr int kGpr = TC / 8;                       // groups per tile row
   const int64_t R0 = int64_t(blockIdx.y) * kTile, C0 = int64_t(blockIdx.x) * TC;
@@ -456,6 +613,14 @@ __global__ void __launch_bounds__(kThreads) tile_kernel(TileArgs a) {
     }
   }
 
+  // The rotations' signs, staged by warp 0 (rows) and warp 1 (columns) before the tile loads are
+  // issued (their registers are not live across the Philox rounds).
+  const Streams str_row = resolve_streams(a.prow);
+  const Streams str_col = resolve_streams(a.pcol);
+  __shared__ float4 signs_sm4[2][kTile / 4];
+  stage_signs(a.prow, str_row.sign_offset, reinterpret_cast<float*>(signs_sm4[0]), 0);
+  stage_signs(a.pcol, str_col.sign_offset, reinterpret_cast<float*>(signs_sm4[1]), 32);
+
   // Load the tile: group (r, c8) = 8 consecutive columns of row r; all loads issued first.
   Vec<KIND> raw[kIters];
 #pragma unroll
@@ -464,69 +629,91 @@ __global__ void __launch_bounds__(kThreads) tile_kernel(TileArgs a) {
     const int64_t gr = R0 + r, gc = C0 + 8 * c8;
     raw[it] = (gr < a.R && gc < a.C) ? vload<KIND>(a.x, a.x_scales, gr * a.C + gc, a.C) : vzero<KIND>();
   }
+  if constexpr (kPreDrawn) {  // while the loads are in flight
+    if constexpr (TC == kTile) {
+      if (a.do_row)
+        draw_eden_words(words_row, kTile, a.prow, str_row.offset,
+                        [&](int r) { return uint64_t(R0 + r) * uint64_t(a.C / 8) + uint64_t(C0 / 8); });
+    }
+    if (a.do_col)
+      draw_eden_words(words_col, TC, a.pcol, str_col.offset,
+                      [&](int c) { return uint64_t(C0 + c) * uint64_t(a.R / 8) + uint64_t(R0 / 8); });
+  }
 #pragma unroll
   for (int it = 0; it < kIters; ++it) {
-    const int grp = it * kThreads + t, r = grp / kGpr, c8 = grp % kGpr;
-    float v[8];
-    vconvert<KIND>(raw[it], st_in, v);
-    *reinterpret_cast<float4*>(tile + sidx<TC>(r, 8 * c8)) = make_float4(v[0], v[1], v[2], v[3]);
-    *reinterpret_cast<float4*>(tile + sidx<TC>(r, 8 * c8 + 4)) = make_float4(v[4], v[5], v[6], v[7]);
+    const int grp = it * kThreads + t;
+    tile.store_group(grp / kGpr, grp % kGpr, raw[it], st_in);
   }
   __syncthreads();
 
   // Row-wise pass (from shared memory: keeps one copy of the quantizer in the code).
   unsigned mraw = 0, mrow = 0, mcol = 0;
   const bool row_pass = AMAX ? (a.acc_raw != nullptr || a.acc_rowrot != nullptr) : a.do_row;
-  const Streams str_row = resolve_streams(a.prow);
-  const Signs sg_row = load_signs(a.prow, str_row.sign_offset, lane);  // rows: lane & 15 is the group's position
+  const Signs sg_row = read_signs(a.prow, reinterpret_cast<const float*>(signs_sm4[0]), lane);  // rows: lane & 15 is the group's position
   if (row_pass) {
+    // This thread's groups: rows r0 + it * kRowsPerIt, column group c8; output group index
+    // g0 + it * (kRowsPerIt * C / 8) (computed once: the loop's own index math is 64-bit).
+    constexpr int kRowsPerIt = kThreads / kGpr;
+    const int r0 = t / kGpr, c8 = t % kGpr;
+    const uint64_t g0 = uint64_t(R0 + r0) * uint64_t(a.C / 8) + uint64_t((C0 + 8 * c8) / 8);
+    const uint64_t dg = uint64_t(kRowsPerIt) * uint64_t(a.C / 8);
+    const int rows_left = int(std::min<int64_t>(a.R - R0, kTile)) - r0;  // rows r0 + ... < this
+    const bool col_ok = C0 + 8 * c8 < a.C;
 #pragma unroll 1
     for (int it = 0; it < kIters; ++it) {
-      const int grp = it * kThreads + t, r = grp / kGpr, c8 = grp % kGpr;
-      const int64_t gr = R0 + r, gc = C0 + 8 * c8;
-      const float4 lo = *reinterpret_cast<const float4*>(tile + sidx<TC>(r, 8 * c8));
-      const float4 hi = *reinterpret_cast<const float4*>(tile + sidx<TC>(r, 8 * c8 + 4));
-      float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+      const int r = r0 + it * kRowsPerIt;
+      float v[8];
+      tile.load_row(r, c8, v);
       if constexpr (AMAX) {
         mraw = max(mraw, amax8_key(v));
         if (a.acc_rowrot != nullptr) {
-          rotate8(v, a.prow, sg_row, lane);
+          rotate8<false>(v, a.prow, sg_row, lane);
           mrow = max(mrow, amax8_key(v));
         }
       } else {
-        rotate8(v, a.prow, sg_row, lane);
-        quantize_group(v, a.prow, rt_row, str_row.offset, lane,
-                       GroupOut{a.row_data, a.row_scales, a.row_operand, uint64_t(gr * (a.C / 8) + gc / 8),
-                                gr < a.R && gc < a.C});
+        rotate8<true, kRot>(v, a.prow, sg_row, lane);
+        const GroupOut o{a.row_data, a.row_scales, a.row_operand, g0 + uint64_t(it) * dg,
+                         col_ok && it * kRowsPerIt < rows_left};
+        if constexpr (kPreDrawn && TC == kTile)
+          quantize_group<MODE, true>(v, a.prow, rt_row, str_row.offset, lane, o, eden_word(words_row, r, c8));
+        else
+          quantize_group<MODE>(v, a.prow, rt_row, str_row.offset, lane, o);
       }
     }
   }
 
   const bool col_pass = AMAX ? a.acc_colrot != nullptr : a.do_col;
-  const Streams str_col = resolve_streams(a.pcol);
-  const Signs sg_col = load_signs(a.pcol, str_col.sign_offset, lane);  // columns: lane & 15 is r8
+  const Signs sg_col = read_signs(a.pcol, reinterpret_cast<const float*>(signs_sm4[1]), lane);  // columns: lane & 15 is r8
   if (col_pass) {
+    // Columns c0 + 16 it, row group r8 (lane & 15); output group g0 + it * (16 R / 8).
+    const int c0 = t >> 4, r8 = t & 15;
+    const uint64_t g0 = uint64_t(C0 + c0) * uint64_t(a.R / 8) + uint64_t((R0 + 8 * r8) / 8);
+    const uint64_t dg = uint64_t(kThreads / 16) * uint64_t(a.R / 8);
+    const int cols_left = int(std::min<int64_t>(a.C - C0, TC)) - c0;
+    const bool row_ok = R0 + 8 * r8 < a.R;
 #pragma unroll 1
     for (int it = 0; it < kIters; ++it) {
-      const int grp = it * kThreads + t, c = grp >> 4, r8 = grp & 15;
-      const int64_t gc = C0 + c, gr0 = R0 + 8 * r8;
+      const int c = c0 + it * (kThreads / 16);
       float v[8];
-#pragma unroll
-      for (int k = 0; k < 8; ++k) v[k] = tile[sidx<TC>(8 * r8 + k, c)];
-      rotate8(v, a.pcol, sg_col, lane);
+      tile.load_col(r8, c, v);
       if constexpr (AMAX) {
+        rotate8<false>(v, a.pcol, sg_col, lane);
         mcol = max(mcol, amax8_key(v));
       } else {
-        quantize_group(v, a.pcol, rt_col, str_col.offset, lane,
-                       GroupOut{a.col_data, a.col_scales, a.col_operand, uint64_t(gc * (a.R / 8) + gr0 / 8),
-                                gc < a.C && gr0 < a.R});
+        rotate8<true, kRot>(v, a.pcol, sg_col, lane);
+        const GroupOut o{a.col_data, a.col_scales, a.col_operand, g0 + uint64_t(it) * dg,
+                         row_ok && it * (kThreads / 16) < cols_left};
+        if constexpr (kPreDrawn)
+          quantize_group<MODE, true>(v, a.pcol, rt_col, str_col.offset, lane, o, eden_word(words_col, c, r8));
+        else
+          quantize_group<MODE>(v, a.pcol, rt_col, str_col.offset, lane, o);
       }
     }
   }
   if constexpr (AMAX) {
     warp_atomic_max(a.acc_raw, mraw);
-    warp_atomic_max(a.acc_rowrot, mrow);
-    warp_atomic_max(a.acc_colrot, mcol);
+    warp_atomic_max(a.acc_rowrot, scale_key(mrow, a.prow));
+    warp_atomic_max(a.acc_colrot, scale_key(mcol, a.pcol));
   }
 }
 
@@ -575,9 +762,10 @@ __global__ void __launch_bounds__(kThreads) dequant_kernel(const uint8_t* data, 
     const uint32_t codes = __ldg(reinterpret_cast<const uint32_t*>(data) + g);
     const float sb = e4m3_to_float(__ldg(scales + g / 2));
     float v[8];
+    e2m1_decode8(codes, v);
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      v[k] = __fmul_rn(e2m1_decode((codes >> (4 * k)) & 0xfu), sb);
+      v[k] = __fmul_rn(v[k], sb);
       if (apply_ts) v[k] = __fmul_rn(v[k], st);
     }
     if constexpr (OUT == kF32) {
@@ -625,31 +813,55 @@ int grid_for(int64_t work_items, int per_block, int blocks_per_sm) {
   return int(std::max<int64_t>(1, std::min(need, cap)));
 }
 
-template <int KIND, bool AMAX>
-void launch_row(const RowArgs& a, cudaStream_t stream) {
-  row_kernel<KIND, AMAX><<<grid_for(a.R * (a.C / 8), kThreads * 2, 8), kThreads, 0, stream>>>(a);
+template <int KIND, bool AMAX, int MODE>
+void launch_row_mode(const RowArgs& a, cudaStream_t stream) {
+  row_kernel<KIND, AMAX, MODE><<<grid_for(a.R * (a.C / 8), kThreads * 2, 8), kThreads, 0, stream>>>(a);
   QT_LAUNCH_CHECK();
 }
 
-template <int KIND, bool AMAX, int TC>
+// The forward's Four over Six and the backward's MS-EDEN get kernels specialised to their mode;
+// the other modes (and every amax pass, which does not quantize) share the generic one.
+template <int KIND, bool AMAX>
+void launch_row(const RowArgs& a, cudaStream_t stream) {
+  if constexpr (!AMAX) {
+    if (a.p.mode == kFourOverSix) return launch_row_mode<KIND, AMAX, kFourOverSix>(a, stream);
+    if (a.p.mode == kEden && a.p.rot_n == 128) return launch_row_mode<KIND, AMAX, kEden>(a, stream);
+  }
+  launch_row_mode<KIND, AMAX, kAnyMode>(a, stream);
+}
+
+template <int KIND, bool AMAX, int TC, int MODE>
 void launch_tile_tc(const TileArgs& a, cudaStream_t stream) {
-  constexpr int smem = kTile * TC * sizeof(float);
+  constexpr int smem = SmemTile<KIND, TC>::kBytes;
   static bool configured = [] {
-    QT_CUDA_CHECK(cudaFuncSetAttribute(tile_kernel<KIND, AMAX, TC>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    QT_CUDA_CHECK(cudaFuncSetAttribute(tile_kernel<KIND, AMAX, TC, MODE>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     return true;
   }();
   (void)configured;
   const dim3 grid(unsigned((a.C + TC - 1) / TC), unsigned((a.R + kTile - 1) / kTile));
   QT_HOST_ASSERT(grid.y <= 65535u, "too many rows for the tile grid");
-  tile_kernel<KIND, AMAX, TC><<<grid, kThreads, smem, stream>>>(a);
+  tile_kernel<KIND, AMAX, TC, MODE><<<grid, kThreads, smem, stream>>>(a);
   QT_LAUNCH_CHECK();
 }
 
+template <int KIND, bool AMAX, int MODE>
+void launch_tile_mode(const TileArgs& a, cudaStream_t stream) {
+  const bool rowwise = AMAX ? a.acc_rowrot != nullptr : a.do_row;
+  if (rowwise) launch_tile_tc<KIND, AMAX, 128, MODE>(a, stream);
+  else launch_tile_tc<KIND, AMAX, 64, MODE>(a, stream);
+}
+
+// MS-EDEN in every enabled direction (the backward's e, and the re-quantization of the saved
+// operands) gets the specialised kernel with pre-drawn rounding words.
 template <int KIND, bool AMAX>
 void launch_tile(const TileArgs& a, cudaStream_t stream) {
-  const bool rowwise = AMAX ? a.acc_rowrot != nullptr : a.do_row;
-  if (rowwise) launch_tile_tc<KIND, AMAX, 128>(a, stream);
-  else launch_tile_tc<KIND, AMAX, 64>(a, stream);
+  if constexpr (!AMAX) {
+    const auto eden = [](const QuantParams& p) { return p.mode == kEden && p.rot_n == 128; };
+    if ((!a.do_row || eden(a.prow)) && (!a.do_col || eden(a.pcol)))
+      return launch_tile_mode<KIND, AMAX, kEden>(a, stream);
+  }
+  launch_tile_mode<KIND, AMAX, kAnyMode>(a, stream);
 }
 
 template <template <int, bool> class F, bool AMAX, typename Args>

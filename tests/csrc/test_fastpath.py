@@ -90,6 +90,11 @@ def test_device_step_and_drawn_signs_equal_explicit_draws(step, cgen):
                                        transpose=tr), f"ms_eden step {step}")  # fmt: skip
     got = K.quantize(x, "sr", seed=seed, offset=1, step=counter)
     assert_nvfp4_equal(got, on_cpu(R.quantize, x, "sr", seed=seed, offset=base + 1), "sr")
+    xb = x.to(torch.bfloat16)  # 16-bit tile, 16-point signs drawn in the kernel (NVFP4-SR's wgrad)
+    got = K.quantize(xb, "sr", signs=SignStream(16, 2), seed=seed, offset=5, step=counter, transpose=True)
+    want = on_cpu(R.quantize, xb, "sr", signs=R.random_signs(16, seed, base + 2, "cpu"), seed=seed, offset=base + 5,
+                  transpose=True)  # fmt: skip
+    assert_nvfp4_equal(got, want, "sr+rht16 drawn signs, transposed")
     t = to_cuda(on_cpu(R.quantize, x, "four_over_six"))
     got = K.requantize(t, signs=stream, seed=seed, offset=4, step=counter)
     assert_nvfp4_equal(got, on_cpu(R.requantize, t, signs=signs, seed=seed, offset=base + 4), "requantize")

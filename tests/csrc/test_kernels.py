@@ -62,7 +62,7 @@ def test_quantize_rowwise(shape, mode, dtype, cgen):
     _check(lambda: K.quantize(x, mode, **kw), on_cpu(R.quantize, x, mode, **kw), f"{mode} {shape}")
 
 
-@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
 @pytest.mark.parametrize("mode", ["rtn", "four_over_six", "sr"])
 @pytest.mark.parametrize("shape", SHAPES_16, ids=str)
 def test_quantize_transposed(shape, mode, dtype, cgen):
@@ -83,11 +83,13 @@ def test_quantize_rotated(shape, mode, n, transpose, cgen):
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
-@pytest.mark.parametrize("shape", SHAPES_128 + [(1, 128), (3, 256)], ids=str)
+@pytest.mark.parametrize("shape", SHAPES_128 + [(1, 128), (3, 256), (256, 208)], ids=str)
 @pytest.mark.parametrize("transpose", [False, True], ids=["row", "col"])
 def test_ms_eden(shape, dtype, transpose, cgen):
     if transpose and shape[0] % 128:
         pytest.skip("transposed MS-EDEN needs rows % 128")
+    if not transpose and shape[1] % 128:
+        pytest.skip("MS-EDEN needs cols % 128 (the shape is for the transposed output's partial tiles)")
     x = spread_randn(*shape, cgen, DTYPES[dtype])
     seed = int(torch.randint(0, 2**62, (1,), generator=cgen)) + 2**63  # exercise the high key word
     signs = R.random_signs(128, seed, 3, "cuda")
@@ -96,9 +98,10 @@ def test_ms_eden(shape, dtype, transpose, cgen):
            on_cpu(R.quantize, x, "ms_eden", transpose=transpose, **kw), f"ms_eden {shape}")  # fmt: skip
 
 
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
 @pytest.mark.parametrize("mode, n", [("ms_eden", 128), ("four_over_six", 0), ("sr", 16)])
-def test_quantize_both_matches_two_calls(mode, n, cgen):
-    x = spread_randn(512, 384, cgen, torch.bfloat16)
+def test_quantize_both_matches_two_calls(mode, n, dtype, cgen):
+    x = spread_randn(640, 384, cgen, DTYPES[dtype])  # 5 row tiles of 128, 3 column tiles
     signs = R.random_signs(n, 1, 2, "cuda") if n else None
     seed = 99 if mode in ("sr", "ms_eden") else None
     for row, col in _both_poisons(
