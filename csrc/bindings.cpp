@@ -31,27 +31,39 @@ void check_cuda(const Tensor& t, const Tensor& like, const char* name) {
   QT_HOST_ASSERT(t.is_contiguous(), std::string(name) + " must be contiguous");
 }
 
-uint8_t* u8(const optional<Tensor>& t) { return t ? static_cast<uint8_t*>(t->data_ptr()) : nullptr; }
-uint16_t* u16(const optional<Tensor>& t) { return t ? static_cast<uint16_t*>(t->data_ptr()) : nullptr; }
-float* f32(const optional<Tensor>& t) { return t ? t->data_ptr<float>() : nullptr; }
+// The outputs of one direction, allocated here (one C++ call instead of a Python allocation per
+// tensor): [data (uint8), scales (float8_e4m3fn), tensor_scale (0-d float32), operand (bfloat16)],
+// empty (0-element, distinct) where not emitted.
+// emit: 1 packed FP4 (+ scales), 2 the BF16 operand, 3 both; 0 (direction disabled) nothing.
+// poison >= 0 fills every emitted byte with it first (tests: an unwritten element shows up).
+std::vector<Tensor> dir_outputs(const Tensor& x, int64_t rows, int64_t cols, int64_t emit, int64_t poison,
+                                cudaStream_t stream) {
+  const auto u8o = x.options().dtype(at::kByte);
+  const bool fp4 = emit & 1, bf16 = emit & 2;
+  std::vector<Tensor> out = {
+      fp4 ? at::empty({rows, cols / 2}, u8o) : at::empty({0}, u8o),
+      fp4 ? at::empty({rows, cols / 16}, x.options().dtype(at::kFloat8_e4m3fn)) : at::empty({0}, u8o),
+      emit ? at::empty({}, x.options().dtype(at::kFloat)) : at::empty({0}, x.options().dtype(at::kFloat)),
+      bf16 ? at::empty({rows, cols}, x.options().dtype(at::kBFloat16)) : at::empty({0}, x.options().dtype(at::kBFloat16)),
+  };
+  if (poison >= 0)
+    for (const Tensor& t : out)
+      if (t.numel()) QT_CUDA_CHECK(cudaMemsetAsync(t.data_ptr(), int(poison), t.nbytes(), stream));
+  return out;
+}
 
 // f = {D, M, M4, rot_scale}; mode < 0 disables the direction. `signs` absent with a rotation:
 // drawn in the kernel from (seed, sign_offset). `step` (int64, one element): offsets are relative
-// to step * stride. Outputs: packed FP4 (data + scales) and/or the BF16 operand.
+// to step * stride. `outs`: this direction's dir_outputs.
 quartet::DirSpec dir_spec(const Tensor& like, int64_t mode, const std::vector<double>& f, int64_t rot_n,
                           const optional<Tensor>& signs, int64_t seed, int64_t offset, int64_t sign_offset,
                           const optional<Tensor>& step, int64_t stride, const optional<Tensor>& amax,
-                          const optional<Tensor>& data, const optional<Tensor>& scales,
-                          const optional<Tensor>& operand, const optional<Tensor>& ts, float* amax_ws) {
+                          int64_t emit, const std::vector<Tensor>& outs, float* amax_ws) {
   quartet::DirSpec d;
   if (mode < 0) return d;
   QT_HOST_ASSERT(mode <= quartet::kEden, "bad mode " + std::to_string(mode));
   QT_HOST_ASSERT(f.size() == 4, "expected 4 constants");
-  QT_HOST_ASSERT((data || operand) && bool(data) == bool(scales) && ts, "missing outputs");
-  for (const auto* t : {&data, &scales, &operand, &ts})
-    if (*t) check_cuda(**t, like, "output");
-  QT_HOST_ASSERT(ts->scalar_type() == at::kFloat, "tensor scale must be float32");
-  QT_HOST_ASSERT(!operand || operand->scalar_type() == at::kBFloat16, "operand must be bfloat16");
+  QT_HOST_ASSERT(emit >= 1 && emit <= 3, "emit must be 1 (FP4), 2 (BF16 operand) or 3 (both)");
   QT_HOST_ASSERT(rot_n == 0 || rot_n == 16 || rot_n == 128, "rotation must be 0, 16 or 128");
   d.enabled = true;
   d.p.mode = int(mode);
@@ -82,33 +94,32 @@ quartet::DirSpec dir_spec(const Tensor& like, int64_t mode, const std::vector<do
     QT_HOST_ASSERT(amax->scalar_type() == at::kFloat && amax->numel() == 1, "amax must be one float32");
     d.amax_given = amax->data_ptr<float>();
   }
-  d.data = u8(data);
-  d.scales = u8(scales);
-  d.operand = u16(operand);
-  d.tensor_scale = f32(ts);
+  d.data = (emit & 1) ? static_cast<uint8_t*>(outs[0].data_ptr()) : nullptr;
+  d.scales = (emit & 1) ? static_cast<uint8_t*>(outs[1].data_ptr()) : nullptr;
+  d.tensor_scale = outs[2].data_ptr<float>();
+  d.operand = (emit & 2) ? static_cast<uint16_t*>(outs[3].data_ptr()) : nullptr;
   d.amax_ws = amax_ws;
   return d;
 }
 
-// x: (R, C) float/bf16/fp16, or packed FP4 (R, C/2) uint8 with x_scales (R, C/16) and x_ts.
 // One direction's arguments, in order: mode, consts, rot_n, signs, seed, offset, sign_offset, step,
-// stride, amax, data, scales, operand, tensor_scale.
+// stride, amax, emit.
 #define QT_DIR_ARGS(p)                                                                             \
   int64_t p##_mode, const std::vector<double>&p##_f, int64_t p##_rot, const optional<Tensor>&p##_signs, \
       int64_t p##_seed, int64_t p##_offset, int64_t p##_soff, const optional<Tensor>&p##_step,          \
-      int64_t p##_stride, const optional<Tensor>&p##_amax, const optional<Tensor>&p##_data,             \
-      const optional<Tensor>&p##_scales, const optional<Tensor>&p##_operand, const optional<Tensor>&p##_ts
-#define QT_DIR_SPEC(p, ws)                                                                                 \
+      int64_t p##_stride, const optional<Tensor>&p##_amax, int64_t p##_emit
+#define QT_DIR_SPEC(p, outs, ws)                                                                           \
   dir_spec(x, p##_mode, p##_f, p##_rot, p##_signs, p##_seed, p##_offset, p##_soff, p##_step, p##_stride,   \
-           p##_amax, p##_data, p##_scales, p##_operand, p##_ts, ws)
+           p##_amax, p##_emit, outs, ws)
 
-// x: (R, C) float/bf16/fp16, or packed FP4 (R, C/2) uint8 with x_scales (R, C/16) and x_ts.
-void quantize(const Tensor& x, const optional<Tensor>& x_scales, const optional<Tensor>& x_ts, int64_t R,
-              int64_t C, QT_DIR_ARGS(row), QT_DIR_ARGS(col), const Tensor& workspace) {
+// x: (R, C) float/bf16/fp16, or packed FP4 (R, C/2) uint8 with x_scales (R, C/16) and x_ts (one
+// float32). Returns the row-wise [data, scales, tensor_scale, operand] (x along C) then the
+// column-wise ones (x^T along R), allocated here.
+std::vector<Tensor> quantize(const Tensor& x, const optional<Tensor>& x_scales, const optional<Tensor>& x_ts,
+                             int64_t R, int64_t C, QT_DIR_ARGS(row), QT_DIR_ARGS(col), int64_t poison) {
   check_cuda(x, x, "x");
-  check_cuda(workspace, x, "workspace");
-  QT_HOST_ASSERT(workspace.scalar_type() == at::kFloat && workspace.numel() >= 2, "workspace: 2 float32");
   const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   quartet::QuantizeSpec s;
   s.R = R;
   s.C = C;
@@ -117,19 +128,26 @@ void quantize(const Tensor& x, const optional<Tensor>& x_scales, const optional<
     QT_HOST_ASSERT(x_scales && x_ts, "packed FP4 input needs its scales");
     check_cuda(*x_scales, x, "x_scales");
     check_cuda(*x_ts, x, "x_tensor_scale");
+    QT_HOST_ASSERT(x_scales->element_size() == 1 && x_ts->scalar_type() == at::kFloat && x_ts->numel() == 1,
+                   "packed FP4 input: one-byte block scales and one float32 tensor scale");
     QT_HOST_ASSERT(x.numel() == R * C / 2 && x_scales->numel() == R * C / 16, "packed FP4 input: bad sizes");
     s.kind = quartet::kNVFP4;
-    s.x_scales = u8(x_scales);
-    s.x_tensor_scale = f32(x_ts);
+    s.x_scales = static_cast<uint8_t*>(x_scales->data_ptr());
+    s.x_tensor_scale = x_ts->data_ptr<float>();
   } else {
     s.kind = kind_of(x);
     QT_HOST_ASSERT(x.numel() == R * C, "x: bad size");
   }
   QT_HOST_ASSERT(reinterpret_cast<uintptr_t>(s.x) % 16 == 0, "x must be 16-byte aligned");
+  std::vector<Tensor> row = dir_outputs(x, R, C, row_mode >= 0 ? row_emit : 0, poison, stream);
+  std::vector<Tensor> col = dir_outputs(x, C, R, col_mode >= 0 ? col_emit : 0, poison, stream);
+  Tensor workspace = at::empty({2}, x.options().dtype(at::kFloat));
   float* ws = workspace.data_ptr<float>();
-  s.row = QT_DIR_SPEC(row, ws);
-  s.col = QT_DIR_SPEC(col, ws + 1);
-  quartet::quantize(s, c10::cuda::getCurrentCUDAStream());
+  s.row = QT_DIR_SPEC(row, row, ws);
+  s.col = QT_DIR_SPEC(col, col, ws + 1);
+  quartet::quantize(s, stream);
+  row.insert(row.end(), col.begin(), col.end());
+  return row;
 }
 
 void quantize_2d(const Tensor& x, double D, double M, const Tensor& data, const Tensor& scales, const Tensor& ts,
@@ -160,13 +178,13 @@ void dequantize(const Tensor& data, const Tensor& scales, const Tensor& ts, bool
 }  // namespace
 
 // csrc/gemm_lt.cpp
-bool gemm_bf16(const at::Tensor& a, const at::Tensor& b, const at::Tensor& ta, const at::Tensor& tb,
-               const std::optional<at::Tensor>& bias, const at::Tensor& out);
+std::optional<at::Tensor> gemm_bf16(const at::Tensor& a, const at::Tensor& b, const at::Tensor& ta,
+                                    const at::Tensor& tb, const std::optional<at::Tensor>& bias, int64_t out_kind);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "quartet-te CUDA kernels (NVFP4 quantization, MS-EDEN, re-quantization); see quartet_te/kernels.py";
-  m.def("quantize", &quantize, "row-wise and/or column-wise NVFP4 quantization of one input");
+  m.def("quantize", &quantize, "row-wise and/or column-wise NVFP4 quantization of one input (allocates its outputs)");
   m.def("quantize_2d", &quantize_2d, "16x16-block RTN");
   m.def("dequantize", &dequantize, "decode NVFP4");
-  m.def("gemm_bf16", &gemm_bf16, "alpha * a @ b.T (+ bias) through cuBLASLt, alpha = ta * tb read on the device");
+  m.def("gemm_bf16", &gemm_bf16, "alpha * a @ b.T (+ bias) through cuBLASLt, alpha = ta * tb read on the device (None: no algorithm)");
 }

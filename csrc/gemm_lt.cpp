@@ -109,23 +109,23 @@ Plan make_plan(cublasLtHandle_t handle, int64_t M, int64_t N, int64_t K, cudaDat
 
 }  // namespace
 
-// out = alpha * a . b^T (+ bias), alpha = ta * tb on the device. Returns false (launching
-// nothing) if cuBLASLt has no algorithm for this problem, so the caller can fall back.
-bool gemm_bf16(const Tensor& a, const Tensor& b, const Tensor& ta, const Tensor& tb,
-               const std::optional<Tensor>& bias, const Tensor& out) {
-  QT_HOST_ASSERT(a.is_cuda() && b.is_cuda() && out.is_cuda() && ta.is_cuda() && tb.is_cuda(),
-                 "gemm_bf16: CUDA tensors expected");
+// alpha * a . b^T (+ bias), alpha = ta * tb on the device, in a new (M, N) tensor of dtype
+// out_kind (0 float32, 1 bfloat16, 2 float16). Returns None (launching nothing) if cuBLASLt has no
+// algorithm for this problem, so the caller can fall back.
+std::optional<Tensor> gemm_bf16(const Tensor& a, const Tensor& b, const Tensor& ta, const Tensor& tb,
+                                const std::optional<Tensor>& bias, int64_t out_kind) {
+  QT_HOST_ASSERT(a.is_cuda() && b.is_cuda() && ta.is_cuda() && tb.is_cuda(), "gemm_bf16: CUDA tensors expected");
   QT_HOST_ASSERT(a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16,
                  "gemm_bf16: operands must be bfloat16");
-  QT_HOST_ASSERT(a.dim() == 2 && b.dim() == 2 && out.dim() == 2, "gemm_bf16: 2-D tensors expected");
-  QT_HOST_ASSERT(a.is_contiguous() && b.is_contiguous() && out.is_contiguous(), "gemm_bf16: contiguous tensors expected");
+  QT_HOST_ASSERT(a.dim() == 2 && b.dim() == 2, "gemm_bf16: 2-D tensors expected");
+  QT_HOST_ASSERT(a.is_contiguous() && b.is_contiguous(), "gemm_bf16: contiguous tensors expected");
+  QT_HOST_ASSERT(out_kind >= 0 && out_kind <= 2, "gemm_bf16: out_kind must be 0 (f32), 1 (bf16) or 2 (f16)");
   const int64_t M = a.size(0), K = a.size(1), N = b.size(0);
   QT_HOST_ASSERT(b.size(1) == K, "gemm_bf16: K mismatch");
-  QT_HOST_ASSERT(out.size(0) == M && out.size(1) == N, "gemm_bf16: output shape");
   QT_HOST_ASSERT(M > 0 && N > 0 && K > 0, "gemm_bf16: empty problem");
   QT_HOST_ASSERT(ta.scalar_type() == at::kFloat && tb.scalar_type() == at::kFloat && ta.numel() == 1 &&
                      tb.numel() == 1, "gemm_bf16: tensor scales must be one float32 each");
-  for (const Tensor* t : {&b, &out, &ta, &tb})
+  for (const Tensor* t : {&b, &ta, &tb})
     QT_HOST_ASSERT(t->get_device() == a.get_device(), "gemm_bf16: tensors on different devices");
   int bias_t = -1;
   const void* bias_ptr = nullptr;
@@ -138,20 +138,22 @@ bool gemm_bf16(const Tensor& a, const Tensor& b, const Tensor& ta, const Tensor&
   const c10::cuda::CUDAGuard guard(a.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   cublasLtHandle_t handle = at::cuda::getCurrentCUDABlasLtHandle();
+  constexpr at::ScalarType kOut[3] = {at::kFloat, at::kBFloat16, at::kHalf};
+  Tensor out = at::empty({M, N}, a.options().dtype(kOut[out_kind]));
   const cudaDataType_t out_t = cuda_type(out.scalar_type());
   const Key key{M, N, K, int(out_t), bias_t, alignment(a.data_ptr()), alignment(b.data_ptr()),
                 alignment(out.data_ptr()), bias_ptr ? alignment(bias_ptr) : 0, a.get_device()};
 
-  // alpha, beta (= 0) and the workspace come from the caching allocator, in stream order.
-  Tensor alpha_beta = at::empty({2}, a.options().dtype(at::kFloat));
-  Tensor workspace = at::empty({int64_t(kWorkspaceBytes)}, a.options().dtype(at::kByte));
   std::lock_guard<std::mutex> lock(g_mutex);
   auto it = g_plans.find(key);
   if (it == g_plans.end())
     it = g_plans.emplace(key, make_plan(handle, M, N, K, out_t, bias_t, std::get<5>(key), std::get<6>(key),
                                         std::get<7>(key), std::get<8>(key))).first;
   Plan& p = it->second;
-  if (!p.ok) return false;
+  if (!p.ok) return std::nullopt;
+  // alpha, beta (= 0) and the workspace come from the caching allocator, in stream order.
+  Tensor alpha_beta = at::empty({2}, a.options().dtype(at::kFloat));
+  Tensor workspace = at::empty({int64_t(kWorkspaceBytes)}, a.options().dtype(at::kByte));
   if (bias_ptr)
     QT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof(bias_ptr)));
   quartet::gemm_alpha(ta.data_ptr<float>(), tb.data_ptr<float>(), alpha_beta.data_ptr<float>(), stream);
@@ -159,5 +161,5 @@ bool gemm_bf16(const Tensor& a, const Tensor& b, const Tensor& ta, const Tensor&
   QT_CUBLAS_CHECK(cublasLtMatmul(handle, p.desc, alpha, b.data_ptr(), p.la, a.data_ptr(), p.lb, alpha + 1,
                                  out.data_ptr(), p.ld, out.data_ptr(), p.ld, &p.algo, workspace.data_ptr(),
                                  kWorkspaceBytes, stream));
-  return true;
+  return out;
 }

@@ -62,14 +62,10 @@ def _probe() -> Optional[str]:
     (e.g. sm_90a-only on a Blackwell GPU, or a B300 = sm_103 without 103a code)."""
     try:
         x = torch.ones(16, 16, device="cuda")
-        outs = [torch.empty(16, 8, dtype=torch.uint8, device="cuda"), torch.empty(16, 1, dtype=torch.uint8, device="cuda"),
-                torch.empty((), device="cuda")]  # fmt: skip
-        ws = torch.empty(2, device="cuda")
-        data, scales, ts = outs
         _C.quantize(
             x, None, None, 16, 16,
-            MODE_IDS["rtn"], [F.D_RTN, F.M6, F.M4, 1.0], 0, None, 0, 0, 0, None, 0, None, data, scales, None, ts,
-            -1, [1.0] * 4, 0, None, 0, 0, 0, None, 0, None, None, None, None, None, ws,
+            MODE_IDS["rtn"], [F.D_RTN, F.M6, F.M4, 1.0], 0, None, 0, 0, 0, None, 0, None, 1,
+            -1, [1.0] * 4, 0, None, 0, 0, 0, None, 0, None, 0, -1,
         )  # fmt: skip
         torch.cuda.synchronize()
     except RuntimeError as exc:
@@ -107,8 +103,15 @@ def gemm_backend(capability: tuple[int, int], has_fp4_scaled_mm: Optional[bool] 
     return "emulated"
 
 
+_BACKENDS: dict[int, str] = {}  # per CUDA device index: the GPU of an index does not change
+
+
 def _device_backend(device: torch.device) -> str:
-    return gemm_backend(torch.cuda.get_device_capability(device))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    backend = _BACKENDS.get(index)
+    if backend is None:
+        backend = _BACKENDS[index] = gemm_backend(torch.cuda.get_device_capability(index))
+    return backend
 
 
 def _require(x: torch.Tensor, what: str) -> None:
@@ -137,15 +140,16 @@ def _signed64(v: int) -> int:
     return v - 2**64 if v >= 2**63 else v
 
 
-def _consts(mode: str, rot: int) -> list[float]:
-    """[D, M, M4, sqrt(n)]: the float32 constants of docs/numerics.md (n: the rotation size)."""
+@functools.lru_cache(maxsize=None)
+def _consts(mode: str, rot: int) -> tuple[float, ...]:
+    """(D, M, M4, sqrt(n)): the float32 constants of docs/numerics.md (n: the rotation size)."""
     D, M = {
         "rtn": (F.D_RTN, F.M6),
         "four_over_six": (F.D_46, F.M6),
         "sr": (F.D_RTN, F.M_SR),
         "ms_eden": (F.D_EDEN, F.M_EDEN),
     }[mode]
-    return [D, M, F.M4, F.SQRT_N[rot] if rot else 1.0]
+    return (D, M, F.M4, F.SQRT_N[rot] if rot else 1.0)
 
 
 def _prep_signs(signs, x: torch.Tensor, mode: str, qdim: int, what: str):
@@ -240,11 +244,8 @@ def _dir_outputs(rows: int, cols: int, emit: int, device: torch.device) -> list[
     ]
 
 
-def _filled(outs: list[Optional[torch.Tensor]], device: torch.device) -> list[torch.Tensor]:
-    """Custom-op outputs: distinct empty tensors where a direction emits nothing (outputs must not
-    alias each other)."""
-    empty = (torch.uint8, torch.uint8, torch.float32, torch.bfloat16)
-    return [t if t is not None else torch.empty(0, dtype=d, device=device) for t, d in zip(outs, empty)]
+_MODE_NAMES = {v: k for k, v in MODE_IDS.items()}
+_NO_CONSTS = (1.0,) * 4
 
 
 def _quantize_impl(
@@ -277,22 +278,19 @@ def _quantize_impl(
     drawn in the kernel from (seed, sign_offset)), Philox key and offsets (relative to
     `step * STREAMS_PER_STEP` when the device counter `step` is given), amax, and what to emit
     (1: packed FP4, 2: the BF16 operand, 3: both). Returns [data, scales, tensor_scale, operand]
-    of the row-wise output then of the column-wise one (empty tensors where not emitted).
+    of the row-wise output then of the column-wise one (empty tensors where not emitted), all
+    allocated by the extension in the same call (one Python-to-C++ crossing per quantization).
     """
-    inv = {v: k for k, v in MODE_IDS.items()}
-    row = _dir_outputs(rows, cols, row_emit if row_mode >= 0 else 0, x.device)
-    col = _dir_outputs(cols, rows, col_emit if col_mode >= 0 else 0, x.device)
-    args = []
-    for mode, rot, signs, seed, offset, soff, amax, outs in (
-        (row_mode, row_rot, row_signs, row_seed, row_offset, row_sign_offset, row_amax, row),
-        (col_mode, col_rot, col_signs, col_seed, col_offset, col_sign_offset, col_amax, col),
-    ):
-        consts = _consts(inv[mode], rot) if mode >= 0 else [1.0] * 4
-        data, scales, ts, operand = outs
-        args += [mode, consts, rot, signs, seed, offset, soff, step, STREAMS_PER_STEP, amax, data, scales, operand, ts]
-    ws = torch.empty(2, dtype=torch.float32, device=x.device)
-    _C.quantize(x, x_scales, x_ts, rows, cols, *args, ws)
-    return _filled(row, x.device) + _filled(col, x.device)
+    row_consts = _consts(_MODE_NAMES[row_mode], row_rot) if row_mode >= 0 else _NO_CONSTS
+    col_consts = _consts(_MODE_NAMES[col_mode], col_rot) if col_mode >= 0 else _NO_CONSTS
+    return _C.quantize(
+        x, x_scales, x_ts, rows, cols,
+        row_mode, row_consts, row_rot, row_signs, row_seed, row_offset, row_sign_offset, step, STREAMS_PER_STEP,
+        row_amax, row_emit,
+        col_mode, col_consts, col_rot, col_signs, col_seed, col_offset, col_sign_offset, step, STREAMS_PER_STEP,
+        col_amax, col_emit,
+        -1 if _POISON is None else _POISON,
+    )  # fmt: skip
 
 
 _quantize_op = torch.library.custom_op("quartet_te::quantize", mutates_args=())(_quantize_impl)
@@ -306,7 +304,7 @@ def _(x, x_scales, x_ts, rows, cols, step, row_mode, row_rot, row_signs, row_see
         fp4, bf16 = bool(emit & 1), bool(emit & 2)
         return [
             x.new_empty((r, c // 2) if fp4 else (0,), dtype=torch.uint8),
-            x.new_empty((r, c // 16) if fp4 else (0,), dtype=torch.uint8),
+            x.new_empty((r, c // 16), dtype=torch.float8_e4m3fn) if fp4 else x.new_empty((0,), dtype=torch.uint8),
             x.new_empty(() if emit else (0,), dtype=torch.float32),
             x.new_empty((r, c) if bf16 else (0,), dtype=torch.bfloat16),
         ]
@@ -354,7 +352,7 @@ def _wrap(outs: list[torch.Tensor], emit: int, mode: str, rotation: int) -> "NVF
     op = BF16Operand(values, ts, mode=mode, rotation=rotation) if emit & 2 else None
     if not emit & 1:
         return op
-    return NVFP4Tensor(data, scales.view(torch.float8_e4m3fn), ts, mode=mode, rotation=rotation, operand=op)
+    return NVFP4Tensor(data, scales, ts, mode=mode, rotation=rotation, operand=op)  # scales: E4M3 already
 
 
 # ----------------------------------------------------------------------------------------------
@@ -502,8 +500,8 @@ def requantize(
     key = resolve_seed("ms_eden", seed, generator)
     e = _check_emit(emit)
     data = _contiguous(t.data)
-    scales = t.block_scales.view(torch.uint8).contiguous()
-    ts = t.tensor_scale.reshape(1).float().contiguous()
+    scales = t.block_scales.contiguous()  # E4M3 bytes: the extension reads them as uint8
+    ts = t.tensor_scale if t.tensor_scale.dtype == torch.float32 else t.tensor_scale.float()
     outs = _eager(_quantize_op, _quantize_impl)(
         data, scales, ts, rows, cols, _prep_step(step, data),
         -1, 0, None, 0, 0, 0, None, 0,
@@ -582,16 +580,21 @@ def _gemm_bf16_impl(
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """`(a · bᵀ) · (ta · tb) (+ bias)` for the exact BF16 operands, FP32 accumulation: one cuBLASLt
-    call whose epilogue applies alpha (read on the device), the bias and the cast."""
-    out = torch.empty(a.shape[0], b.shape[0], dtype=out_dtype, device=a.device)
-    ta, tb = ta.reshape(1).float(), tb.reshape(1).float()
-    if _C.gemm_bf16(a, b, ta, tb, bias, out):
+    call whose epilogue applies alpha (read on the device), the bias and the cast; the extension
+    allocates the output."""
+    ta = ta if ta.dtype == torch.float32 else ta.float()
+    tb = tb if tb.dtype == torch.float32 else tb.float()
+    out = _C.gemm_bf16(a, b, ta, tb, bias, _OUT_KINDS[out_dtype])
+    if out is not None:
         return out
     # No cuBLASLt algorithm for this problem (e.g. an odd bias alignment): the unfused form.
-    acc = torch.mm(a, b.t(), out_dtype=torch.float32).mul_(ta * tb)
+    acc = torch.mm(a, b.t(), out_dtype=torch.float32).mul_(ta.reshape(()) * tb.reshape(()))
     if bias is not None:
         acc.add_(bias.float())
-    return out.copy_(acc)
+    return acc.to(out_dtype)
+
+
+_OUT_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
 _gemm_bf16_op = torch.library.custom_op("quartet_te::gemm_bf16", mutates_args=())(_gemm_bf16_impl)

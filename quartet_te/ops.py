@@ -30,13 +30,25 @@ Signs = torch.Tensor | SignStream | None
 Quantized = NVFP4Tensor | BF16Operand
 
 _warned = False
+# Per CUDA device index: (kernel module or None, GEMMs emulated?). Dispatch runs several times per
+# GEMM; the answer cannot change within a process (extension and GPU are fixed), and computing it
+# (availability, device capability) costs more than the launches it decides about.
+_DISPATCH: dict[int, tuple[ModuleType | None, bool]] = {}
 
 
-def _kernels_for(device: torch.device) -> ModuleType | None:
-    """The kernel module for tensors on `device`, or None to use the reference."""
+def _dispatch(device: torch.device) -> tuple[ModuleType | None, bool]:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    hit = _DISPATCH.get(index)
+    if hit is None:
+        k = _load_kernels()
+        emulated = k is not None and k.gemm_backend(torch.cuda.get_device_capability(index)) == "emulated"
+        hit = _DISPATCH[index] = (k, emulated)
+    return hit
+
+
+def _load_kernels() -> ModuleType | None:
+    """The kernel module if it can run here, else None (warning once)."""
     global _warned
-    if device.type != "cuda":
-        return None
     try:
         from . import kernels
     except ImportError as exc:  # the extension's Python wrapper itself failed to import
@@ -47,16 +59,22 @@ def _kernels_for(device: torch.device) -> ModuleType | None:
         if ok:
             return kernels
     if not _warned:
-        warnings.warn(f"quartet_te: using the slow pure-PyTorch reference on CUDA ({reason})", stacklevel=3)
+        warnings.warn(f"quartet_te: using the slow pure-PyTorch reference on CUDA ({reason})", stacklevel=5)
         _warned = True
     return None
+
+
+def _kernels_for(device: torch.device) -> ModuleType | None:
+    """The kernel module for tensors on `device`, or None to use the reference."""
+    if device.type != "cuda":
+        return None
+    return _dispatch(device)[0]
 
 
 def emulated_gemm(device: torch.device) -> bool:
     """Whether GEMMs on `device` run as BF16 GEMMs of decoded operands (Hopper, or Blackwell
     without the native FP4 GEMM): then quantizers should emit `BF16Operand`s directly."""
-    k = _kernels_for(device)
-    return k is not None and k.gemm_backend(torch.cuda.get_device_capability(device)) == "emulated"
+    return device.type == "cuda" and _dispatch(device)[1]
 
 
 def _check_random(mode: str, seed: int | None) -> None:

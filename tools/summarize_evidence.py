@@ -390,6 +390,87 @@ def gap_curve(runs: list[dict], baseline: str, tokens_per_iter: int | None = Non
     return out
 
 
+def diff_curve(runs: list[dict], reference: str, baseline: str, tokens_per_iter: int | None = None,
+               level: float = 0.95) -> dict[str, list[dict]]:
+    """Per recipe other than `reference` and `baseline`, at every validation iteration where two
+    or more seeds pair: the same-seed difference recipe(s) - reference(s), its mean, standard
+    error and paired t interval. Seed s of both recipes starts from the same initialization on
+    the same data, so the pairing removes the initialization's share of the seed noise (the band
+    that dominates `gap_curve`)."""
+    by: dict[str, dict[int, dict]] = {}
+    for r in runs:
+        by.setdefault(r["recipe"], {})[r["seed"]] = r
+    ref = by.get(reference, {})
+    out: dict[str, list[dict]] = {}
+    for recipe, seeds in sorted(by.items()):
+        if recipe in (reference, baseline) or not ref:
+            continue
+        tpi = _tokens_per_iter(next(iter(seeds.values())), tokens_per_iter)
+        points = []
+        for it in sorted({i for r in seeds.values() for i in r["val"]}):
+            diffs = [seeds[s]["val"][it] - ref[s]["val"][it] for s in sorted(set(seeds) & set(ref))
+                     if it in seeds[s]["val"] and it in ref[s]["val"]]
+            if len(diffs) < 2:
+                continue
+            m, sd = mean_sd(diffs)
+            se, _, lo, hi = welch_interval(m, [(sd * sd / len(diffs), len(diffs))], level)
+            points.append({"iteration": it, "tokens_m": it * tpi / 1e6, "diff": m, "se": se, "ci": (lo, hi),
+                           "n": len(diffs)})
+        out[recipe] = points
+    return out
+
+
+def format_diff_curve(curves: dict[str, list[dict]], reference: str, level: float = 0.95) -> str:
+    """Markdown: the same-seed difference to `reference` along the run, per recipe."""
+    rec = [k for k in sorted(curves) if curves[k]]
+    if not rec:
+        return ""
+    pct = f"{100 * level:g} %"
+    out = [f"Same-seed difference to {reference} along the run (mean ± se, {pct} paired t interval):", "",
+           "| iteration | tokens (M) | " + " | ".join(f"{k} - {reference}" for k in rec) + " |",
+           "|---" * (2 + len(rec)) + "|"]
+    at = {k: {p["iteration"]: p for p in curves[k]} for k in rec}
+    for it in sorted({i for k in rec for i in at[k]}):
+        tok = next(at[k][it]["tokens_m"] for k in rec if it in at[k])
+        cells = []
+        for k in rec:
+            p = at[k].get(it)
+            cells.append("—" if p is None else f"{p['diff']:+.4f} ± {p['se']:.4f} {_ci_text(p['ci'], '+.4f')}")
+        out.append(f"| {it} | {tok:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def plot_diff_curve(curves: dict[str, list[dict]], out: str | Path, reference: str, title: str | None = None,
+                    marks: dict[str, float] | None = None) -> None:
+    """Same-seed difference to the reference vs tokens, with its paired 95 % band; `marks`: labelled
+    horizontal reference lines (e.g. the difference a claimed gap ratio would give)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, recipe in enumerate(sorted(curves)):
+        pts = curves[recipe]
+        if not pts:
+            continue
+        x = [p["tokens_m"] for p in pts]
+        n = max(p["n"] for p in pts)
+        ax.plot(x, [p["diff"] for p in pts], marker="o", ms=3, color=f"C{i + 2}",
+                label=f"{recipe} - {reference} ({n} seed pairs)")
+        ax.fill_between(x, [p["ci"][0] for p in pts], [p["ci"][1] for p in pts], color=f"C{i + 2}", alpha=0.15, lw=0)
+    for j, (label, y) in enumerate((marks or {}).items()):
+        ax.axhline(y, color="0.4", lw=1, ls=("--", ":", "-.")[j % 3], label=label)
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set(xlabel="tokens (M)", ylabel=f"val loss - {reference} val loss (same seed)",
+           title=title or f"Same-seed difference to {reference} (mean, 95 % paired band)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def _ci_text(ci: tuple | None, fmt: str) -> str:
     if ci is None:
         return "—"
@@ -590,6 +671,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plot", help="PNG to write")
     p.add_argument("--title", help="plot title, e.g. model / tokens / device")
     p.add_argument("--gap-plot", help="PNG of the mean gap to the baseline vs tokens (±1 se band)")
+    p.add_argument("--diff-plot", help="PNG of the same-seed difference to --reference vs tokens (paired band)")
+    p.add_argument("--claimed-ratio", type=float,
+                   help="with --diff-plot: mark the difference a gap ratio of this value would give at the end")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
     p.add_argument("--at-iteration", type=int,
                    help="compare over seeds at this validation iteration (default: the last any run reached)")
@@ -603,12 +687,21 @@ def main(argv: list[str] | None = None) -> None:
     if agg:
         ratio = gap_ratio(agg, a.baseline, a.target, a.reference, a.level) if a.target and a.reference else None
         print("\n" + format_aggregate(agg, a.baseline, ratio, curves, a.level), end="")
+    diffs = diff_curve(runs, a.reference, a.baseline, a.tokens_per_iter, a.level) if a.reference else {}
+    if any(diffs.values()):
+        print("\n" + format_diff_curve(diffs, a.reference, a.level), end="")
     if a.telemetry:
         print("\n" + format_telemetry(telemetry_table(a.telemetry)), end="")
     if a.plot:
         plot(runs, a.plot, a.baseline, a.tokens_per_iter, a.title)
     if a.gap_plot:
         plot_gap_curve(curves, a.gap_plot, a.baseline, a.title)
+    if a.diff_plot and any(diffs.values()):
+        marks = {}
+        ref_gap = agg.get(a.reference, {}).get("gap") if agg else None
+        if a.claimed_ratio is not None and ref_gap is not None:
+            marks[f"gap ratio {a.claimed_ratio:g} (at the final {a.reference} gap)"] = (a.claimed_ratio - 1) * ref_gap
+        plot_diff_curve(diffs, a.diff_plot, a.reference, a.title, marks)
 
 
 if __name__ == "__main__":

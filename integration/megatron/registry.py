@@ -10,6 +10,13 @@ megatron-core reads the FP4 recipe in two places that we extend, without editing
    group) calls it through the module global. We wrap it: our names give a `CustomRecipe`
    around our quantizer factory, everything else goes to Megatron's own function.
 
+3. Megatron's local CUDA graphs (`cuda_graph_impl="local"`, `_CudaGraphRunner`) decide at record
+   time whether a layer ran FP8 or FP4 by checking for TE's `NVFP4BlockScaling`; any other recipe
+   (our `CustomRecipe`, and Megatron's own `custom`) counts as FP8, and the capture then enters
+   `get_fp8_context`, which is a no-op without `fp8`: the graphed layers trained in BF16
+   (docs/fastpath_h200.md). We wrap `get_quantization_context` so that a layer with `fp4` set
+   and `fp8` unset captures under `get_fp4_context`, the context eager execution uses.
+
 The TE recipe is `quartet_te.te.custom_recipe(recipe)`: one cached `CustomRecipe` per recipe
 around our `QuantizerFactory`, so the per-layer, per-step `get_fp4_context` calls cost nothing
 and TE keeps each module's quantizers (and their rotation state) across steps.
@@ -55,7 +62,8 @@ MIN_MEGATRON_CORE = "0.16.1"
 TESTED_MEGATRON_CORE = ("0.16.1", "0.19.2", "0.20.0")  # 0.20: Megatron-LM main, in-tree
 
 _LOCK = threading.Lock()
-_STATE: dict[str, Any] = {"registered": False, "original_get_fp4_recipe": None, "seed": None}
+_STATE: dict[str, Any] = {"registered": False, "original_get_fp4_recipe": None, "seed": None,
+                          "graph_context_patched": False}
 
 
 def set_quantizer_seed(seed: Optional[int]) -> None:
@@ -188,18 +196,25 @@ def check_fp4_config(config: Any) -> None:
             f"fp4_recipe={name!r} is not a known FP4 recipe; expected one of {valid} "
             f"(quartet_te's: {tuple(MEGATRON_RECIPES)}; Megatron's: nvfp4, custom)"
         )
-    graphs = getattr(config, "cuda_graph_impl", "none") not in (None, "none") or any(
+    impl = getattr(config, "cuda_graph_impl", "none")
+    local = impl == "local" or (impl in (None, "none") and getattr(config, "enable_cuda_graph", False))
+    graphs = impl not in (None, "none") or any(
         getattr(config, flag, False) for flag in ("enable_cuda_graph", "external_cuda_graph")
     )
     if name in MEGATRON_RECIPES and getattr(config, "fp4", None) and graphs:
-        # Measured with Megatron-LM main on an H200 (docs/fastpath_h200.md): with
-        # --cuda-graph-impl local the captured layers train like BF16, not under the recipe.
-        raise ValueError(
-            f"fp4_recipe={name!r} with Megatron's CUDA graphs (cuda_graph_impl="
-            f"{getattr(config, 'cuda_graph_impl', None)!r}) would train the graphed layers in BF16: "
-            "Megatron captures them outside the FP4 recipe. Use cuda_graph_impl='none' "
-            "(quartet_te's own layers are graph-safe: capture them with torch.cuda.graph)"
-        )
+        if not local or getattr(config, "external_cuda_graph", False):
+            raise ValueError(
+                f"fp4_recipe={name!r} with Megatron's CUDA graphs (cuda_graph_impl={impl!r}): only "
+                "cuda_graph_impl='local' is supported with quartet_te's recipes (the "
+                "transformer_engine / external capture paths are untested with them)"
+            )
+        if not _STATE["graph_context_patched"]:
+            # Unpatched, the captured layers train like BF16 (H200, docs/fastpath_h200.md).
+            raise ValueError(
+                f"fp4_recipe={name!r} with Megatron's local CUDA graphs needs quartet_te's fix of "
+                "their quantization context, which this megatron-core version does not allow "
+                "(no _CudaGraphRunner.get_quantization_context); use cuda_graph_impl='none'"
+            )
     if name in MEGATRON_RECIPES and not getattr(config, "fp4", None):
         warnings.warn(
             f"fp4_recipe={name!r} has no effect without fp4='e2m1' (--fp4-format e2m1): this model "
@@ -301,6 +316,41 @@ def _make_get_fp4_recipe(original):
     return get_fp4_recipe
 
 
+def _make_graph_quantization_context(original):
+    @functools.wraps(original)
+    def get_quantization_context(self):
+        """Megatron's CUDA-graph quantization context, fixed by quartet_te for FP4 recipes that
+        are not TE's NVFP4BlockScaling: they record as "FP8", whose context is a no-op without
+        `fp8`; capture them under `get_fp4_context`, as eager execution runs them."""
+        config = self.base_module.config
+        if getattr(self, "fp8_runtime_enabled", False) and getattr(config, "fp4", None) and not getattr(
+            config, "fp8", None
+        ):
+            from megatron.core.fp4_utils import get_fp4_context
+
+            return get_fp4_context(config, self.base_module.layer_number - 1)
+        return original(self)
+
+    get_quantization_context.__quartet_te__ = True  # type: ignore[attr-defined]
+    return get_quantization_context
+
+
+def _patch_graph_quantization_context() -> bool:
+    """Install the fix above on `megatron.core.transformer.cuda_graphs._CudaGraphRunner`; False if
+    this megatron-core has no such method (then `check_fp4_config` refuses local graphs)."""
+    try:
+        from megatron.core.transformer import cuda_graphs
+    except ImportError:
+        return False
+    runner = getattr(cuda_graphs, "_CudaGraphRunner", None)
+    original = getattr(runner, "get_quantization_context", None)
+    if original is None:
+        return False
+    if not getattr(original, "__quartet_te__", False):
+        runner.get_quantization_context = _make_graph_quantization_context(original)
+    return True
+
+
 def is_registered() -> bool:
     """True once `register()` has run in this process."""
     return bool(_STATE["registered"])
@@ -316,7 +366,9 @@ def register() -> None:
 
     It also makes silent fallbacks to high precision loud: `TransformerConfig` rejects unknown
     `fp4_recipe` names (`check_fp4_config`), and a `TransformerLayer` whose local linears would
-    ignore our recipe raises (`layers.check_layer_quantized`).
+    ignore our recipe raises (`layers.check_layer_quantized`). Megatron's local CUDA graphs
+    (`--cuda-graph-impl local`) capture FP4 layers under the FP4 recipe (see the module doc);
+    the other graph implementations are refused with our recipes.
     """
     with _LOCK:
         if _STATE["registered"]:
@@ -339,4 +391,5 @@ def register() -> None:
         if not getattr(original, "__quartet_te__", False):
             _STATE["original_get_fp4_recipe"] = original
             fp4_utils.get_fp4_recipe = _make_get_fp4_recipe(original)
+        _STATE["graph_context_patched"] = _patch_graph_quantization_context()
         _STATE["registered"] = True

@@ -241,10 +241,17 @@ class QuartetQuantizer(Quantizer):
     def update_quantized(
         self, src: torch.Tensor, dst: QuantizedTensorStorage, *, noop_flag: Optional[torch.Tensor] = None
     ) -> QuartetStorage:
-        """Re-quantize `src` into the cached workspace `dst` (TE's weight cache)."""
+        """Re-quantize `src` into the cached workspace `dst` (TE's weight cache).
+
+        `noop_flag` (a device tensor: TE's "skip the weight update" for later micro-batches) is read
+        on the host, except while a CUDA graph is being captured (Megatron's local graphs pass
+        one), where reading it is not allowed: there the weight is re-quantized anyway, which
+        gives the same bits because forward quantization is deterministic (RTN / Four over Six,
+        fixed rotations) and the weight does not change between micro-batches."""
         if not isinstance(dst, QuartetStorage):
             raise TypeError(f"{type(self).__name__} can only update a QuartetStorage, got {type(dst).__name__}")
-        if noop_flag is not None and bool(noop_flag.item() != 0):
+        capturing = src.is_cuda and torch.cuda.is_current_stream_capturing()
+        if noop_flag is not None and not capturing and bool(noop_flag.item() != 0):
             return dst
         fresh = self.quantize_impl(src)
         dst.operand, dst._dtype, dst.original_shape = fresh.operand, fresh._dtype, fresh.original_shape

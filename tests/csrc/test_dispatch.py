@@ -79,9 +79,9 @@ def test_signed64_round_trip():
 def test_constants_are_the_references():
     from quartet_te.reference import formats as F
 
-    assert K._consts("ms_eden", 128) == [F.D_EDEN, F.M_EDEN, F.M4, F.SQRT_N[128]]
-    assert K._consts("four_over_six", 0) == [F.D_46, F.M6, F.M4, 1.0]
-    assert K._consts("sr", 16) == [F.D_RTN, F.M_SR, F.M4, 4.0]
+    assert K._consts("ms_eden", 128) == (F.D_EDEN, F.M_EDEN, F.M4, F.SQRT_N[128])
+    assert K._consts("four_over_six", 0) == (F.D_46, F.M6, F.M4, 1.0)
+    assert K._consts("sr", 16) == (F.D_RTN, F.M_SR, F.M4, 4.0)
     # sqrt(n) is n * float32(1/sqrt(n)) exactly: the rotation's bits do not depend on the form
     assert F.SQRT_N[128] == 128 * F.INV_SQRT[128] and F.INV_N[128] * 128 == 1.0
 

@@ -160,12 +160,50 @@ def test_our_recipe_without_fp4_format_warns():
 
 
 @pytest.mark.parametrize("graphs", [{"cuda_graph_impl": "local"}, {"enable_cuda_graph": True}], ids=["impl", "legacy"])
-def test_our_recipe_with_megatron_cuda_graphs_is_refused(graphs):
-    """With Megatron-LM's --cuda-graph-impl local the graphed layers trained like BF16 (H200,
-    docs/fastpath_h200.md): refuse the combination instead of training something else."""
+def test_our_recipe_with_megatron_local_cuda_graphs_is_accepted(graphs):
+    """Local graphs capture under the FP4 context once register() has fixed it (below)."""
     register()
-    with pytest.raises(ValueError, match=r"fp4_recipe='quartet2' with Megatron's CUDA graphs .* in BF16"):
+    cfg = TransformerConfig(**_SMALL, fp4="e2m1", fp4_recipe="quartet2", **graphs)
+    assert cfg.cuda_graph_impl == "local"
+
+
+@pytest.mark.parametrize("graphs", [{"cuda_graph_impl": "transformer_engine"}, {"external_cuda_graph": True}],
+                         ids=["te", "external"])
+def test_our_recipe_with_other_megatron_cuda_graphs_is_refused(graphs):
+    register()
+    with pytest.raises(ValueError, match=r"fp4_recipe='quartet2' with Megatron's CUDA graphs .*only "
+                                         r"cuda_graph_impl='local' is supported"):
         TransformerConfig(**_SMALL, fp4="e2m1", fp4_recipe="quartet2", **graphs)
+
+
+def test_cuda_graph_capture_enters_the_fp4_context(monkeypatch):
+    """Megatron's _CudaGraphRunner records a non-NVFP4BlockScaling recipe (our CustomRecipe) as
+    FP8 and captured it under get_fp8_context, a no-op without fp8: the graphed layers trained in
+    BF16. After register(), an FP4 config captures under get_fp4_context; FP8 configs and BF16
+    layers keep Megatron's own choice."""
+    import types
+
+    from megatron.core import fp4_utils, fp8_utils
+    from megatron.core.transformer import cuda_graphs
+
+    register()
+    runner = cuda_graphs._CudaGraphRunner
+    assert getattr(runner.get_quantization_context, "__quartet_te__", False)
+    calls = []
+    monkeypatch.setattr(fp4_utils, "get_fp4_context", lambda cfg, layer: calls.append(("fp4", layer)) or "fp4-ctx")
+    monkeypatch.setattr(fp8_utils, "get_fp8_context", lambda cfg, layer: calls.append(("fp8", layer)) or "fp8-ctx")
+
+    def fake(config, fp8_runtime, fp4_runtime=None, layer_number=3):
+        base = types.SimpleNamespace(config=config, layer_number=layer_number)
+        return types.SimpleNamespace(base_module=base, fp8_runtime_enabled=fp8_runtime, fp4_runtime_enabled=fp4_runtime)
+
+    fp4_cfg = TransformerConfig(**_SMALL, fp4="e2m1", fp4_recipe="quartet2", cuda_graph_impl="local")
+    assert runner.get_quantization_context(fake(fp4_cfg, True)) == "fp4-ctx" and calls == [("fp4", 2)]
+    assert runner.get_quantization_context(fake(fp4_cfg, None, True)) == "fp4-ctx"  # TE's NVFP4: unchanged
+    fp8_cfg = TransformerConfig(**_SMALL, fp8="hybrid")
+    assert runner.get_quantization_context(fake(fp8_cfg, True)) == "fp8-ctx" and calls[-1] == ("fp8", 2)
+    bf16_layer = runner.get_quantization_context(fake(fp4_cfg, None))  # recorded outside any autocast
+    assert bf16_layer not in ("fp4-ctx", "fp8-ctx") and len(calls) == 3
 
 
 def test_one_name_per_recipe_on_every_path():

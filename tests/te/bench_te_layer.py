@@ -101,8 +101,12 @@ def profile(layer, x, g, recipe) -> None:
         wall = time_layer(layer, x, g, recipe, 0, 2)
     events = prof.key_averages()
     key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
-    busy = sum(getattr(e, key) for e in events) / 1e3 / 2
-    print(f"\nprofile: {wall:.2f} ms wall per iteration, {busy:.2f} ms of kernels per iteration")
+    # Device-side events only (kernels, memsets, copies): CPU-side rows such as the autograd
+    # functions also report device time, which would count the same kernels twice.
+    on_device = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    busy = sum(getattr(e, key) for e in on_device) / 1e3 / 2
+    print(f"\nprofile: {wall:.2f} ms wall per iteration (profiled), {busy:.2f} ms of device work per iteration"
+          f" ({len(on_device)} distinct kernels); the host is the limit where wall exceeds device work")
     print(events.table(sort_by=key, row_limit=18, max_name_column_width=60))
 
 
