@@ -106,7 +106,8 @@ def gemm_backend(capability: tuple[int, int], has_fp4_scaled_mm: Optional[bool] 
 _BACKENDS: dict[int, str] = {}  # per CUDA device index: the GPU of an index does not change
 
 
-def _device_backend(device: torch.device) -> str:
+def device_backend(device: torch.device) -> str:
+    """`gemm_backend` of the CUDA device `device` (computed once per device index)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     backend = _BACKENDS.get(index)
     if backend is None:
@@ -628,7 +629,7 @@ def gemm(
             raise ValueError(f"gemm: bias must be a vector of N={b.shape[0]} on {a.device}, got {tuple(bias.shape)}")
         if bias.dtype not in _GEMM_OUT_DTYPES:
             raise ValueError(f"gemm: bias dtype {bias.dtype} is not a float type")
-    native = _device_backend(a.device) == "native"
+    native = device_backend(a.device) == "native"
     if native and isinstance(a, NVFP4Tensor) and isinstance(b, NVFP4Tensor):
         acc = _gemm_native(a, b).float().mul_(a.tensor_scale.float() * b.tensor_scale.float())
         if bias is not None:
@@ -644,6 +645,7 @@ __all__ = [
     "MODE_IDS",
     "dequantize",
     "dequantize_unscaled",
+    "device_backend",
     "gemm",
     "gemm_backend",
     "is_available",

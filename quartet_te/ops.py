@@ -41,7 +41,7 @@ def _dispatch(device: torch.device) -> tuple[ModuleType | None, bool]:
     hit = _DISPATCH.get(index)
     if hit is None:
         k = _load_kernels()
-        emulated = k is not None and k.gemm_backend(torch.cuda.get_device_capability(index)) == "emulated"
+        emulated = k is not None and k.device_backend(torch.device("cuda", index)) == "emulated"
         hit = _DISPATCH[index] = (k, emulated)
     return hit
 

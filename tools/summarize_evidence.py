@@ -426,29 +426,16 @@ def format_diff_curve(curves: dict[str, list[dict]], reference: str, level: floa
     if not rec:
         return ""
     pct = f"{100 * level:g} %"
-    out = [f"Same-seed difference to {reference} along the run (mean ± se, {pct} paired t interval):", "",
-           "| iteration | tokens (M) | " + " | ".join(f"{k} - {reference}" for k in rec) + " |",
-           "|---" * (2 + len(rec)) + "|"]
-    at = {k: {p["iteration"]: p for p in curves[k]} for k in rec}
-    for it in sorted({i for k in rec for i in at[k]}):
-        tok = next(at[k][it]["tokens_m"] for k in rec if it in at[k])
-        cells = []
-        for k in rec:
-            p = at[k].get(it)
-            cells.append("—" if p is None else f"{p['diff']:+.4f} ± {p['se']:.4f} {_ci_text(p['ci'], '+.4f')}")
-        out.append(f"| {it} | {tok:.1f} | " + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
+    header = [f"Same-seed difference to {reference} along the run (mean ± se, {pct} paired t interval):", ""]
+    cell = lambda p: f"{p['diff']:+.4f} ± {p['se']:.4f} {_ci_text(p['ci'], '+.4f')}"  # noqa: E731
+    return "\n".join(header + _curve_table(curves, rec, [f"{k} - {reference}" for k in rec], cell)) + "\n"
 
 
 def plot_diff_curve(curves: dict[str, list[dict]], out: str | Path, reference: str, title: str | None = None,
                     marks: dict[str, float] | None = None) -> None:
     """Same-seed difference to the reference vs tokens, with its paired 95 % band; `marks`: labelled
     horizontal reference lines (e.g. the difference a claimed gap ratio would give)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _tokens_axes()
     for i, recipe in enumerate(sorted(curves)):
         pts = curves[recipe]
         if not pts:
@@ -460,9 +447,37 @@ def plot_diff_curve(curves: dict[str, list[dict]], out: str | Path, reference: s
         ax.fill_between(x, [p["ci"][0] for p in pts], [p["ci"][1] for p in pts], color=f"C{i + 2}", alpha=0.15, lw=0)
     for j, (label, y) in enumerate((marks or {}).items()):
         ax.axhline(y, color="0.4", lw=1, ls=("--", ":", "-.")[j % 3], label=label)
+    _save_tokens_plot(fig, ax, out, f"val loss - {reference} val loss (same seed)",
+                      title or f"Same-seed difference to {reference} (mean, 95 % paired band)")
+
+
+def _curve_table(curves: dict[str, list[dict]], recipes: list[str], columns: list[str], cell) -> list[str]:
+    """Markdown rows of per-iteration curves: one row per validation iteration any of `recipes`
+    has, one column per recipe (`columns` its header, `cell(point)` its text, "—" where absent)."""
+    at = {k: {p["iteration"]: p for p in curves[k]} for k in recipes}
+    rows = ["| iteration | tokens (M) | " + " | ".join(columns) + " |", "|---" * (2 + len(recipes)) + "|"]
+    for it in sorted({i for k in recipes for i in at[k]}):
+        tok = next(at[k][it]["tokens_m"] for k in recipes if it in at[k])
+        cells = ["—" if it not in at[k] else cell(at[k][it]) for k in recipes]
+        rows.append(f"| {it} | {tok:.1f} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _tokens_axes():
+    """A fresh figure and axes for a curve against tokens (matplotlib's file-only backend)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(7, 4.5))
+
+
+def _save_tokens_plot(fig, ax, out: str | Path, ylabel: str, title: str) -> None:
+    """Zero line, labels, grid and legend of a curve against tokens; write `out` and close."""
+    import matplotlib.pyplot as plt
+
     ax.axhline(0.0, color="k", lw=0.8)
-    ax.set(xlabel="tokens (M)", ylabel=f"val loss - {reference} val loss (same seed)",
-           title=title or f"Same-seed difference to {reference} (mean, 95 % paired band)")
+    ax.set(xlabel="tokens (M)", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -526,29 +541,16 @@ def format_aggregate(agg: dict[str, dict], baseline: str, ratio: dict | None = N
             basis = "same-seed" if ratio.get("paired_ci") else "unpaired"
             out.append(f"Reading ({basis} interval): {verdict} at {pct} confidence.")
     if curves:
-        its = sorted({p["iteration"] for pts in curves.values() for p in pts})
         rec = sorted(curves)
-        out += ["", f"Mean gap to {baseline} along the run (± se where both have two seeds):", "",
-                "| iteration | tokens (M) | " + " | ".join(rec) + " |", "|---" * (2 + len(rec)) + "|"]
-        at = {k: {p["iteration"]: p for p in pts} for k, pts in curves.items()}
-        for it in its:
-            tok = next(at[k][it]["tokens_m"] for k in rec if it in at[k])
-            cells = []
-            for k in rec:
-                p = at[k].get(it)
-                se_txt = f" ± {p['se']:.4f}" if p is not None and p["se"] is not None else ""
-                cells.append("—" if p is None else f"{p['gap']:+.4f}{se_txt}")
-            out.append(f"| {it} | {tok:.1f} | " + " | ".join(cells) + " |")
+        cell = lambda p: f"{p['gap']:+.4f}" + (f" ± {p['se']:.4f}" if p["se"] is not None else "")  # noqa: E731
+        out += ["", f"Mean gap to {baseline} along the run (± se where both have two seeds):", ""]
+        out += _curve_table(curves, rec, rec, cell)
     return "\n".join(out) + "\n"
 
 
 def plot_gap_curve(curves: dict[str, list[dict]], out: str | Path, baseline: str, title: str | None = None) -> None:
     """Mean val gap to the baseline vs tokens per recipe, with a ±1 se band where known."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _tokens_axes()
     for i, recipe in enumerate(sorted(curves)):
         pts = curves[recipe]
         if not pts:
@@ -561,15 +563,8 @@ def plot_gap_curve(curves: dict[str, list[dict]], out: str | Path, baseline: str
         if band:
             bx, lo, hi = zip(*band)
             ax.fill_between(bx, lo, hi, color=f"C{i + 1}", alpha=0.2, lw=0)
-    ax.axhline(0.0, color="k", lw=0.8)
-    ax.set(xlabel="tokens (M)", ylabel=f"val loss - mean {baseline} val loss",
-           title=title or f"Validation gap to {baseline} (mean over seeds, ±1 se)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    _save_tokens_plot(fig, ax, out, f"val loss - mean {baseline} val loss",
+                      title or f"Validation gap to {baseline} (mean over seeds, ±1 se)")
 
 
 # --------------------------------------------------------------------------------- telemetry

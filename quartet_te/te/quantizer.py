@@ -250,9 +250,9 @@ class QuartetQuantizer(Quantizer):
         fixed rotations) and the weight does not change between micro-batches."""
         if not isinstance(dst, QuartetStorage):
             raise TypeError(f"{type(self).__name__} can only update a QuartetStorage, got {type(dst).__name__}")
-        capturing = src.is_cuda and torch.cuda.is_current_stream_capturing()
-        if noop_flag is not None and not capturing and bool(noop_flag.item() != 0):
-            return dst
+        if noop_flag is not None and not (src.is_cuda and torch.cuda.is_current_stream_capturing()):
+            if bool(noop_flag.item() != 0):
+                return dst
         fresh = self.quantize_impl(src)
         dst.operand, dst._dtype, dst.original_shape = fresh.operand, fresh._dtype, fresh.original_shape
         dst._quantizer = self
