@@ -31,30 +31,73 @@ void check_cuda(const Tensor& t, const Tensor& like, const char* name) {
   QT_HOST_ASSERT(t.is_contiguous(), std::string(name) + " must be contiguous");
 }
 
-// The outputs of one direction, allocated here (one C++ call instead of a Python allocation per
-// tensor): [data (uint8), scales (float8_e4m3fn), tensor_scale (0-d float32), operand (bfloat16)],
-// empty (0-element, distinct) where not emitted.
+// A `dtype` tensor of `sizes` at `byte_offset` in `base`'s allocation (as at::empty makes one,
+// but sharing the storage: no allocation, no dispatcher call; freed with the last user).
+Tensor carve(const Tensor& base, int64_t byte_offset, c10::IntArrayRef sizes, at::ScalarType dtype) {
+  Tensor t = at::detail::make_tensor<c10::TensorImpl>(c10::Storage(base.storage()),
+                                                      c10::DispatchKeySet(c10::DispatchKey::CUDA),
+                                                      c10::scalarTypeToTypeMeta(dtype));
+  c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+  impl->set_storage_offset(byte_offset / int64_t(c10::elementSize(dtype)));
+  impl->set_sizes_contiguous(sizes);
+  return t;
+}
+
+int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+// Every output of one quantize call, allocated here in as few allocations as their lifetimes
+// allow (host time: each allocation costs microseconds, and a linear's step makes five calls):
+// per direction [data (uint8), scales (float8_e4m3fn), tensor_scale (0-d float32), operand
+// (bfloat16)], undefined (None in Python) where not emitted. One direction's packed codes and
+// scales share one allocation (they are saved together); the BF16 operand has its own (it is
+// freed after its GEMM); both tensor scales and the two floats of amax workspace (`ws`) sit in a
+// 16-byte tail of the first packed-FP4 allocation, or in their own 16 bytes without one.
 // emit: 1 packed FP4 (+ scales), 2 the BF16 operand, 3 both; 0 (direction disabled) nothing.
 // poison >= 0 fills every emitted byte with it first (tests: an unwritten element shows up).
-std::vector<Tensor> dir_outputs(const Tensor& x, int64_t rows, int64_t cols, int64_t emit, int64_t poison,
-                                cudaStream_t stream) {
+struct Outputs {
+  std::vector<Tensor> row, col;
+  float* ws = nullptr;
+};
+
+Outputs make_outputs(const Tensor& x, int64_t R, int64_t C, int64_t row_emit, int64_t col_emit, int64_t poison,
+                     cudaStream_t stream) {
   const auto u8o = x.options().dtype(at::kByte);
-  const bool fp4 = emit & 1, bf16 = emit & 2;
-  std::vector<Tensor> out = {
-      fp4 ? at::empty({rows, cols / 2}, u8o) : at::empty({0}, u8o),
-      fp4 ? at::empty({rows, cols / 16}, x.options().dtype(at::kFloat8_e4m3fn)) : at::empty({0}, u8o),
-      emit ? at::empty({}, x.options().dtype(at::kFloat)) : at::empty({0}, x.options().dtype(at::kFloat)),
-      bf16 ? at::empty({rows, cols}, x.options().dtype(at::kBFloat16)) : at::empty({0}, x.options().dtype(at::kBFloat16)),
-  };
-  if (poison >= 0)
-    for (const Tensor& t : out)
-      if (t.numel()) QT_CUDA_CHECK(cudaMemsetAsync(t.data_ptr(), int(poison), t.nbytes(), stream));
+  const int64_t fp4_bytes = R * C / 2 + R * C / 16;  // the same for x (R, C) and x^T (C, R)
+  Tensor bundle[2], meta;
+  int64_t meta_off = 0;
+  for (int d = 0; d < 2; ++d) {
+    if (!((d == 0 ? row_emit : col_emit) & 1)) continue;
+    const bool tail = !meta.defined();
+    bundle[d] = at::empty({round16(fp4_bytes) + (tail ? 16 : 0)}, u8o);
+    if (tail) {
+      meta = bundle[d];
+      meta_off = round16(fp4_bytes);
+    }
+  }
+  if (!meta.defined()) meta = at::empty({16}, u8o);
+  Outputs out;
+  for (int d = 0; d < 2; ++d) {
+    const int64_t emit = d == 0 ? row_emit : col_emit;
+    const int64_t rows = d == 0 ? R : C, cols = d == 0 ? C : R;
+    std::vector<Tensor> o(4);
+    if (emit & 1) {
+      o[0] = carve(bundle[d], 0, {rows, cols / 2}, at::kByte);
+      o[1] = carve(bundle[d], rows * cols / 2, {rows, cols / 16}, at::kFloat8_e4m3fn);
+    }
+    if (emit) o[2] = carve(meta, meta_off + 4 * d, {}, at::kFloat);
+    if (emit & 2) o[3] = at::empty({rows, cols}, x.options().dtype(at::kBFloat16));
+    if (poison >= 0)
+      for (const Tensor& t : o)
+        if (t.defined() && t.numel()) QT_CUDA_CHECK(cudaMemsetAsync(t.data_ptr(), int(poison), t.nbytes(), stream));
+    (d == 0 ? out.row : out.col) = std::move(o);
+  }
+  out.ws = reinterpret_cast<float*>(static_cast<uint8_t*>(meta.data_ptr()) + meta_off + 8);
   return out;
 }
 
 // f = {D, M, M4, rot_scale}; mode < 0 disables the direction. `signs` absent with a rotation:
 // drawn in the kernel from (seed, sign_offset). `step` (int64, one element): offsets are relative
-// to step * stride. `outs`: this direction's dir_outputs.
+// to step * stride. `outs`: this direction's tensors from make_outputs.
 quartet::DirSpec dir_spec(const Tensor& like, int64_t mode, const std::vector<double>& f, int64_t rot_n,
                           const optional<Tensor>& signs, int64_t seed, int64_t offset, int64_t sign_offset,
                           const optional<Tensor>& step, int64_t stride, const optional<Tensor>& amax,
@@ -139,15 +182,12 @@ std::vector<Tensor> quantize(const Tensor& x, const optional<Tensor>& x_scales, 
     QT_HOST_ASSERT(x.numel() == R * C, "x: bad size");
   }
   QT_HOST_ASSERT(reinterpret_cast<uintptr_t>(s.x) % 16 == 0, "x must be 16-byte aligned");
-  std::vector<Tensor> row = dir_outputs(x, R, C, row_mode >= 0 ? row_emit : 0, poison, stream);
-  std::vector<Tensor> col = dir_outputs(x, C, R, col_mode >= 0 ? col_emit : 0, poison, stream);
-  Tensor workspace = at::empty({2}, x.options().dtype(at::kFloat));
-  float* ws = workspace.data_ptr<float>();
-  s.row = QT_DIR_SPEC(row, row, ws);
-  s.col = QT_DIR_SPEC(col, col, ws + 1);
+  Outputs out = make_outputs(x, R, C, row_mode >= 0 ? row_emit : 0, col_mode >= 0 ? col_emit : 0, poison, stream);
+  s.row = QT_DIR_SPEC(row, out.row, out.ws);
+  s.col = QT_DIR_SPEC(col, out.col, out.ws + 1);
   quartet::quantize(s, stream);
-  row.insert(row.end(), col.begin(), col.end());
-  return row;
+  out.row.insert(out.row.end(), out.col.begin(), out.col.end());
+  return out.row;
 }
 
 void quantize_2d(const Tensor& x, double D, double M, const Tensor& data, const Tensor& scales, const Tensor& ts,

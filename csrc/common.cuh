@@ -93,12 +93,20 @@ __device__ __forceinline__ uint32_t e2m1_code(float biased, float u) {
 
 __device__ __forceinline__ uint32_t e2m1_rn(float u) { return e2m1_code(e2m1_rn_biased(u), u); }
 
-// The value of e2m1_code(biased, u): magnitude max(i/2, i - 2, 3i - 15) (exact small integers
-// and halves), with the sign of u (code 8, from u = -0 or a negative u rounding to 0, is -0).
+// The magnitude of e2m1_rn_biased's result, i = biased - M in 0..7 -> 0, .5, 1, 1.5, 2, 3, 4, 6:
+// max(i/2, i - 2, 2i - 8), each line straight from the biased float with one exact operation
+// (the constants M/2, M + 2 and 2M + 8 are float32 integers, every result a small exact value).
+__device__ __forceinline__ float e2m1_magnitude(float biased) {
+  const float half_i = __fmaf_rn(biased, 0.5f, -6291456.f);  // i/2
+  const float i_m2 = __fsub_rn(biased, 12582914.f);          // i - 2
+  const float two_i_m8 = __fmaf_rn(biased, 2.f, -25165832.f);  // 2i - 8
+  return fmaxf(fmaxf(half_i, i_m2), two_i_m8);
+}
+
+// The value of e2m1_code(biased, u): its magnitude with the sign of u (code 8, from u = -0 or a
+// negative u rounding to 0, is -0).
 __device__ __forceinline__ float e2m1_value(float biased, float u) {
-  const float i = __fsub_rn(biased, 12582912.f);
-  const float mag = fmaxf(fmaxf(__fmul_rn(i, 0.5f), __fsub_rn(i, 2.f)), __fmaf_rn(i, 3.f, -15.f));
-  return __uint_as_float(__float_as_uint(mag) | (__float_as_uint(u) & 0x80000000u));
+  return __uint_as_float(__float_as_uint(e2m1_magnitude(biased)) | (__float_as_uint(u) & 0x80000000u));
 }
 
 // Value of an E2M1 code: magnitude max(i/2, i - 2, 3i - 15) for i = code & 7 (exact small

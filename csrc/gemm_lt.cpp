@@ -30,8 +30,6 @@ namespace {
 
 using at::Tensor;
 
-constexpr size_t kWorkspaceBytes = size_t(32) << 20;
-
 cudaDataType_t cuda_type(at::ScalarType t) {
   switch (t) {
     case at::kBFloat16: return CUDA_R_16BF;
@@ -58,13 +56,13 @@ struct Plan {
   bool ok = false;  // the heuristic found an algorithm
 };
 
-using Key = std::tuple<int64_t, int64_t, int64_t, int, int, int, int, int, int, int>;
+using Key = std::tuple<int64_t, int64_t, int64_t, int, int, int, int, int, int, int, size_t>;
 
 std::mutex g_mutex;
 std::map<Key, Plan> g_plans;
 
 Plan make_plan(cublasLtHandle_t handle, int64_t M, int64_t N, int64_t K, cudaDataType_t out_t, int bias_t,
-               int align_a, int align_b, int align_d, int align_bias) {
+               int align_a, int align_b, int align_d, int align_bias, size_t ws) {
   Plan p;
   QT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t opT = CUBLAS_OP_T, opN = CUBLAS_OP_N;
@@ -86,7 +84,6 @@ Plan make_plan(cublasLtHandle_t handle, int64_t M, int64_t N, int64_t K, cudaDat
 
   cublasLtMatmulPreference_t pref = nullptr;
   QT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  const size_t ws = kWorkspaceBytes;
   const uint32_t aa = uint32_t(align_a), ab = uint32_t(align_b), ad = uint32_t(align_d);
   QT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
   // cuBLAS's A is our B and vice versa.
@@ -141,25 +138,27 @@ std::optional<Tensor> gemm_bf16(const Tensor& a, const Tensor& b, const Tensor& 
   constexpr at::ScalarType kOut[3] = {at::kFloat, at::kBFloat16, at::kHalf};
   Tensor out = at::empty({M, N}, a.options().dtype(kOut[out_kind]));
   const cudaDataType_t out_t = cuda_type(out.scalar_type());
+  // torch's own cuBLASLt workspace of this handle and stream (what its matmuls use): no
+  // allocation per call.
+  void* workspace = at::cuda::getCUDABlasLtWorkspace();
+  const size_t ws_bytes = at::cuda::getCUDABlasLtWorkspaceSize();
   const Key key{M, N, K, int(out_t), bias_t, alignment(a.data_ptr()), alignment(b.data_ptr()),
-                alignment(out.data_ptr()), bias_ptr ? alignment(bias_ptr) : 0, a.get_device()};
+                alignment(out.data_ptr()), bias_ptr ? alignment(bias_ptr) : 0, a.get_device(), ws_bytes};
 
   std::lock_guard<std::mutex> lock(g_mutex);
   auto it = g_plans.find(key);
   if (it == g_plans.end())
     it = g_plans.emplace(key, make_plan(handle, M, N, K, out_t, bias_t, std::get<5>(key), std::get<6>(key),
-                                        std::get<7>(key), std::get<8>(key))).first;
+                                        std::get<7>(key), std::get<8>(key), ws_bytes)).first;
   Plan& p = it->second;
   if (!p.ok) return std::nullopt;
-  // alpha, beta (= 0) and the workspace come from the caching allocator, in stream order.
+  // alpha and beta (= 0) come from the caching allocator, in stream order.
   Tensor alpha_beta = at::empty({2}, a.options().dtype(at::kFloat));
-  Tensor workspace = at::empty({int64_t(kWorkspaceBytes)}, a.options().dtype(at::kByte));
   if (bias_ptr)
     QT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof(bias_ptr)));
   quartet::gemm_alpha(ta.data_ptr<float>(), tb.data_ptr<float>(), alpha_beta.data_ptr<float>(), stream);
   const float* alpha = alpha_beta.data_ptr<float>();
   QT_CUBLAS_CHECK(cublasLtMatmul(handle, p.desc, alpha, b.data_ptr(), p.la, a.data_ptr(), p.lb, alpha + 1,
-                                 out.data_ptr(), p.ld, out.data_ptr(), p.ld, &p.algo, workspace.data_ptr(),
-                                 kWorkspaceBytes, stream));
+                                 out.data_ptr(), p.ld, out.data_ptr(), p.ld, &p.algo, workspace, ws_bytes, stream));
   return out;
 }

@@ -282,9 +282,10 @@ constexpr int kAnyMode = -1;
 // Quantizes the (already rotated) group `v`, scaled by rt = inv_scale(tensor scale); `offset` is
 // the launch's resolved rounding stream. MODE: kAnyMode or the value of p.mode. MS-EDEN's
 // scale-rounding word is Philox word g/2 of (seed, offset): drawn here, or, with PRE_DRAWN,
-// passed in as `eden_word` by a kernel that drew it for several groups at once. All 32 lanes
-// must call it.
-template <int MODE, bool PRE_DRAWN = false>
+// passed in as `eden_word` by a kernel that drew it for several groups at once. OPERAND_ONLY:
+// the launch writes the BF16 operand only (o.data is nullptr), so the packed codes and the E4M3
+// bits are not even computed (the backward's operands on Hopper). All 32 lanes must call it.
+template <int MODE, bool PRE_DRAWN = false, bool OPERAND_ONLY = false>
 __device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantParams& p, float rt, uint64_t offset,
                                                uint32_t lane, const GroupOut& o, uint32_t eden_word = 0) {
   const int mode = MODE == kAnyMode ? p.mode : MODE;
@@ -298,6 +299,9 @@ __device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantP
   uint8_t sb;
   float val[8];  // decode(code) * s_b: the exact BF16 operand
   if (mode == kFourOverSix) {
+    // In magnitudes: the sign of u6, u4 and of both candidates' values is the sign of xs, and
+    // |xs| - |d| has the magnitude of xs - d (RNE is symmetric), so the errors, the magnitude
+    // codes and the values are computed sign-free and the sign is attached once at the end.
     const uint8_t s6 = block_scale_bits(ab, p.M), s4 = block_scale_bits(ab, p.M4);
     const float f6 = e4m3_to_float(s6), f4 = e4m3_to_float(s4);
     const float y6 = __frcp_rn(f6), y4 = __frcp_rn(f4);  // E4M3 values: normal reciprocals
@@ -305,13 +309,15 @@ __device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantP
     float e6[8], e4[8], d6[8], d4[8];
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      const float u6 = __fmul_rn(xs[k], y6), u4 = __fmul_rn(xs[k], y4);
-      const float b6 = e2m1_rn_biased(u6), b4 = e2m1_rn_biased(u4);
-      c6 |= e2m1_code(b6, u6) << (4 * k);
-      c4 |= e2m1_code(b4, u4) << (4 * k);
-      d6[k] = __fmul_rn(e2m1_value(b6, u6), f6);
-      d4[k] = __fmul_rn(e2m1_value(b4, u4), f4);
-      const float r6 = __fsub_rn(xs[k], d6[k]), r4 = __fsub_rn(xs[k], d4[k]);
+      const float a = fabsf(xs[k]);
+      const float b6 = e2m1_rn_biased(__fmul_rn(a, y6)), b4 = e2m1_rn_biased(__fmul_rn(a, y4));
+      if constexpr (!OPERAND_ONLY) {
+        c6 |= (__float_as_uint(b6) & 7u) << (4 * k);
+        c4 |= (__float_as_uint(b4) & 7u) << (4 * k);
+      }
+      d6[k] = __fmul_rn(e2m1_magnitude(b6), f6);
+      d4[k] = __fmul_rn(e2m1_magnitude(b4), f4);
+      const float r6 = __fsub_rn(a, d6[k]), r4 = __fsub_rn(a, d4[k]);
       e6[k] = __fmul_rn(r6, r6);
       e4[k] = __fmul_rn(r4, r4);
     }
@@ -319,10 +325,16 @@ __device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantP
     E6 = __fadd_rn(E6, __shfl_xor_sync(kFull, E6, 1));
     E4 = __fadd_rn(E4, __shfl_xor_sync(kFull, E4, 1));
     const bool pick4 = E4 < E6;
-    codes = pick4 ? c4 : c6;
+    if constexpr (!OPERAND_ONLY) {
+      uint32_t signs = 0;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) signs |= (__float_as_uint(xs[k]) >> 31) << (4 * k + 3);
+      codes = (pick4 ? c4 : c6) | signs;
+    }
     sb = pick4 ? s4 : s6;
 #pragma unroll
-    for (int k = 0; k < 8; ++k) val[k] = pick4 ? d4[k] : d6[k];
+    for (int k = 0; k < 8; ++k)
+      val[k] = __uint_as_float(__float_as_uint(pick4 ? d4[k] : d6[k]) | (__float_as_uint(xs[k]) & 0x80000000u));
   } else if (mode == kSR) {
     sb = block_scale_bits(ab, p.M);
     const float f = e4m3_to_float(sb), yf = __frcp_rn(f);
@@ -353,7 +365,7 @@ __device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantP
     for (int k = 0; k < 8; ++k) {
       u[k] = __fmul_rn(xs[k], yf);
       const float b = e2m1_rn_biased(u[k]);
-      codes |= e2m1_code(b, u[k]) << (4 * k);
+      if constexpr (!OPERAND_ONLY) codes |= e2m1_code(b, u[k]) << (4 * k);
       dq[k] = e2m1_value(b, u[k]);
     }
     float fs = f;
@@ -379,7 +391,12 @@ __device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantP
       const float downf = e4m3_to_float(down);
       const uint8_t up = (downf == vs || down >= 0x7e) ? down : uint8_t(down + 1);
       const float upf = e4m3_to_float(up);
-      const float pr = upf == downf ? 0.f : __fdiv_rn(__fsub_rn(vs, downf), __fsub_rn(upf, downf));
+      // up - down is one E4M3 step, a power of two (normal in float32: 2^-9 .. 2^5), so the
+      // division by it is the multiplication by its exact reciprocal: the same bits, fewer
+      // instructions (both round the same real number once).
+      const float step = __fsub_rn(upf, downf);
+      const float inv_step = __int_as_float(0x7f000000 - __float_as_int(step));
+      const float pr = upf == downf ? 0.f : __fmul_rn(__fsub_rn(vs, downf), inv_step);
       const uint32_t word = PRE_DRAWN ? eden_word : philox_word(p.seed, offset, o.g >> 1);
       const bool take_up = uniform24(word) < pr;
       sb = take_up ? up : down;
@@ -389,11 +406,13 @@ __device__ __forceinline__ void quantize_group(const float (&v)[8], const QuantP
     for (int k = 0; k < 8; ++k) val[k] = __fmul_rn(dq[k], fs);
   }
   if (o.active) {
-    if (o.data != nullptr) {
-      reinterpret_cast<uint32_t*>(o.data)[o.g] = codes;
-      if ((lane & 1u) == 0) o.scales[o.g >> 1] = sb;
+    if constexpr (!OPERAND_ONLY) {
+      if (o.data != nullptr) {
+        reinterpret_cast<uint32_t*>(o.data)[o.g] = codes;
+        if ((lane & 1u) == 0) o.scales[o.g >> 1] = sb;
+      }
     }
-    if (o.operand != nullptr) store_operand(o, val);
+    if (OPERAND_ONLY || o.operand != nullptr) store_operand(o, val);
   }
 }
 
@@ -413,9 +432,18 @@ struct RowArgs {
   unsigned* acc_rot;  // amax pass: max |rotate(x)|
 };
 
-// MODE: kAnyMode or the launch's mode (kEden: with the 128-point rotation).
+// Blocks per SM the row kernels are compiled for: the mode-specialised quantizers 4 (64
+// registers; they are bound by instruction issue, which needs the warps more than the
+// registers), the others 3 (85); float32 inputs one block less (their 8-element loads would spill).
 template <int KIND, bool AMAX, int MODE>
-__global__ void __launch_bounds__(kThreads) row_kernel(RowArgs a) {
+constexpr int row_min_blocks() {
+  return ((!AMAX && MODE != kAnyMode) ? 4 : 3) - (KIND == kF32 ? 1 : 0);
+}
+
+// MODE: kAnyMode or the launch's mode (kEden: with the 128-point rotation). OPERAND_ONLY: the
+// launch writes the BF16 operand only.
+template <int KIND, bool AMAX, int MODE, bool OPERAND_ONLY>
+__global__ void __launch_bounds__(kThreads, row_min_blocks<KIND, AMAX, MODE>()) row_kernel(RowArgs a) {
   constexpr int kRot = MODE == kEden ? 128 : kAnyRot;
   constexpr int kUnroll = AMAX ? 4 : 2;
   const int64_t G = a.R * (a.C / 8);
@@ -458,7 +486,8 @@ __global__ void __launch_bounds__(kThreads) row_kernel(RowArgs a) {
         }
       } else {
         rotate8<true, kRot>(v, a.p, sg, lane);
-        quantize_group<MODE>(v, a.p, rt, streams.offset, lane, GroupOut{a.data, a.scales, a.operand, uint64_t(g), g < G});
+        quantize_group<MODE, false, OPERAND_ONLY>(v, a.p, rt, streams.offset, lane,
+                                                  GroupOut{a.data, a.scales, a.operand, uint64_t(g), g < G});
       }
     }
 #pragma unroll
@@ -581,8 +610,8 @@ constexpr int tile_min_blocks() {
 // TC: tile width, 128 when a row-wise output (whose 128-chunks must fit) is produced, else 64
 // (half the shared memory: more tiles in flight per SM for the column-wise-only launches).
 // MODE: kAnyMode, or the mode of every enabled direction (kEden: with the 128-point rotation, its
-// rounding words pre-drawn).
-template <int KIND, bool AMAX, int TC, int MODE>
+// rounding words pre-drawn). OPERAND_ONLY: every enabled direction writes the BF16 operand only.
+template <int KIND, bool AMAX, int TC, int MODE, bool OPERAND_ONLY>
 __global__ void __launch_bounds__(kThreads, tile_min_blocks<KIND, AMAX, TC, MODE>()) tile_kernel(TileArgs a) {
   extern __shared__ float4 smem4[];
   using Tile = SmemTile<KIND, TC>;
@@ -675,9 +704,10 @@ __global__ void __launch_bounds__(kThreads, tile_min_blocks<KIND, AMAX, TC, MODE
         const GroupOut o{a.row_data, a.row_scales, a.row_operand, g0 + uint64_t(it) * dg,
                          col_ok && it * kRowsPerIt < rows_left};
         if constexpr (kPreDrawn && TC == kTile)
-          quantize_group<MODE, true>(v, a.prow, rt_row, str_row.offset, lane, o, eden_word(words_row, r, c8));
+          quantize_group<MODE, true, OPERAND_ONLY>(v, a.prow, rt_row, str_row.offset, lane, o,
+                                                   eden_word(words_row, r, c8));
         else
-          quantize_group<MODE>(v, a.prow, rt_row, str_row.offset, lane, o);
+          quantize_group<MODE, false, OPERAND_ONLY>(v, a.prow, rt_row, str_row.offset, lane, o);
       }
     }
   }
@@ -704,9 +734,10 @@ __global__ void __launch_bounds__(kThreads, tile_min_blocks<KIND, AMAX, TC, MODE
         const GroupOut o{a.col_data, a.col_scales, a.col_operand, g0 + uint64_t(it) * dg,
                          row_ok && it * (kThreads / 16) < cols_left};
         if constexpr (kPreDrawn)
-          quantize_group<MODE, true>(v, a.pcol, rt_col, str_col.offset, lane, o, eden_word(words_col, c, r8));
+          quantize_group<MODE, true, OPERAND_ONLY>(v, a.pcol, rt_col, str_col.offset, lane, o,
+                                                   eden_word(words_col, c, r8));
         else
-          quantize_group<MODE>(v, a.pcol, rt_col, str_col.offset, lane, o);
+          quantize_group<MODE, false, OPERAND_ONLY>(v, a.pcol, rt_col, str_col.offset, lane, o);
       }
     }
   }
@@ -813,9 +844,9 @@ int grid_for(int64_t work_items, int per_block, int blocks_per_sm) {
   return int(std::max<int64_t>(1, std::min(need, cap)));
 }
 
-template <int KIND, bool AMAX, int MODE>
+template <int KIND, bool AMAX, int MODE, bool OPERAND_ONLY = false>
 void launch_row_mode(const RowArgs& a, cudaStream_t stream) {
-  row_kernel<KIND, AMAX, MODE><<<grid_for(a.R * (a.C / 8), kThreads * 2, 8), kThreads, 0, stream>>>(a);
+  row_kernel<KIND, AMAX, MODE, OPERAND_ONLY><<<grid_for(a.R * (a.C / 8), kThreads * 2, 8), kThreads, 0, stream>>>(a);
   QT_LAUNCH_CHECK();
 }
 
@@ -825,31 +856,34 @@ template <int KIND, bool AMAX>
 void launch_row(const RowArgs& a, cudaStream_t stream) {
   if constexpr (!AMAX) {
     if (a.p.mode == kFourOverSix) return launch_row_mode<KIND, AMAX, kFourOverSix>(a, stream);
-    if (a.p.mode == kEden && a.p.rot_n == 128) return launch_row_mode<KIND, AMAX, kEden>(a, stream);
+    if (a.p.mode == kEden && a.p.rot_n == 128) {
+      if (a.data == nullptr) return launch_row_mode<KIND, AMAX, kEden, true>(a, stream);
+      return launch_row_mode<KIND, AMAX, kEden>(a, stream);
+    }
   }
   launch_row_mode<KIND, AMAX, kAnyMode>(a, stream);
 }
 
-template <int KIND, bool AMAX, int TC, int MODE>
+template <int KIND, bool AMAX, int TC, int MODE, bool OPERAND_ONLY>
 void launch_tile_tc(const TileArgs& a, cudaStream_t stream) {
   constexpr int smem = SmemTile<KIND, TC>::kBytes;
   static bool configured = [] {
-    QT_CUDA_CHECK(cudaFuncSetAttribute(tile_kernel<KIND, AMAX, TC, MODE>,
+    QT_CUDA_CHECK(cudaFuncSetAttribute(tile_kernel<KIND, AMAX, TC, MODE, OPERAND_ONLY>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     return true;
   }();
   (void)configured;
   const dim3 grid(unsigned((a.C + TC - 1) / TC), unsigned((a.R + kTile - 1) / kTile));
   QT_HOST_ASSERT(grid.y <= 65535u, "too many rows for the tile grid");
-  tile_kernel<KIND, AMAX, TC, MODE><<<grid, kThreads, smem, stream>>>(a);
+  tile_kernel<KIND, AMAX, TC, MODE, OPERAND_ONLY><<<grid, kThreads, smem, stream>>>(a);
   QT_LAUNCH_CHECK();
 }
 
-template <int KIND, bool AMAX, int MODE>
+template <int KIND, bool AMAX, int MODE, bool OPERAND_ONLY = false>
 void launch_tile_mode(const TileArgs& a, cudaStream_t stream) {
   const bool rowwise = AMAX ? a.acc_rowrot != nullptr : a.do_row;
-  if (rowwise) launch_tile_tc<KIND, AMAX, 128, MODE>(a, stream);
-  else launch_tile_tc<KIND, AMAX, 64, MODE>(a, stream);
+  if (rowwise) launch_tile_tc<KIND, AMAX, 128, MODE, OPERAND_ONLY>(a, stream);
+  else launch_tile_tc<KIND, AMAX, 64, MODE, OPERAND_ONLY>(a, stream);
 }
 
 // MS-EDEN in every enabled direction (the backward's e, and the re-quantization of the saved
@@ -858,8 +892,11 @@ template <int KIND, bool AMAX>
 void launch_tile(const TileArgs& a, cudaStream_t stream) {
   if constexpr (!AMAX) {
     const auto eden = [](const QuantParams& p) { return p.mode == kEden && p.rot_n == 128; };
-    if ((!a.do_row || eden(a.prow)) && (!a.do_col || eden(a.pcol)))
+    if ((!a.do_row || eden(a.prow)) && (!a.do_col || eden(a.pcol))) {
+      if ((!a.do_row || a.row_data == nullptr) && (!a.do_col || a.col_data == nullptr))
+        return launch_tile_mode<KIND, AMAX, kEden, true>(a, stream);
       return launch_tile_mode<KIND, AMAX, kEden>(a, stream);
+    }
   }
   launch_tile_mode<KIND, AMAX, kAnyMode>(a, stream);
 }

@@ -19,6 +19,7 @@ implementations, so they trace under `torch.compile`.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Optional
 
 import torch
@@ -186,7 +187,7 @@ def _prep_step(step: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.
         raise ValueError(f"step must be a one-element int64 tensor (the device step counter), got {step!r}")
     if step.device != x.device:
         raise ValueError(f"step is on {step.device} but x is on {x.device}")
-    return step.reshape(1)
+    return step  # the extension reads its one element, whatever the shape
 
 
 def _prep_amax(amax: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
@@ -249,7 +250,7 @@ _MODE_NAMES = {v: k for k, v in MODE_IDS.items()}
 _NO_CONSTS = (1.0,) * 4
 
 
-def _quantize_impl(
+def _quantize_eager(
     x: torch.Tensor,
     x_scales: Optional[torch.Tensor],
     x_ts: Optional[torch.Tensor],
@@ -272,15 +273,16 @@ def _quantize_impl(
     col_sign_offset: int,
     col_amax: Optional[torch.Tensor],
     col_emit: int,
-) -> list[torch.Tensor]:
+) -> list[Optional[torch.Tensor]]:
     """Row-wise (x along cols) and/or column-wise (xᵀ along rows) NVFP4 of one read of x.
 
     Per direction: mode id (MODE_IDS; -1 disables it), rotation size, signs (None with a rotation:
     drawn in the kernel from (seed, sign_offset)), Philox key and offsets (relative to
     `step * STREAMS_PER_STEP` when the device counter `step` is given), amax, and what to emit
     (1: packed FP4, 2: the BF16 operand, 3: both). Returns [data, scales, tensor_scale, operand]
-    of the row-wise output then of the column-wise one (empty tensors where not emitted), all
-    allocated by the extension in the same call (one Python-to-C++ crossing per quantization).
+    of the row-wise output then of the column-wise one (None where not emitted), all allocated by
+    the extension in the same call (one Python-to-C++ crossing per quantization, at most three
+    allocations).
     """
     row_consts = _consts(_MODE_NAMES[row_mode], row_rot) if row_mode >= 0 else _NO_CONSTS
     col_consts = _consts(_MODE_NAMES[col_mode], col_rot) if col_mode >= 0 else _NO_CONSTS
@@ -292,6 +294,27 @@ def _quantize_impl(
         col_amax, col_emit,
         -1 if _POISON is None else _POISON,
     )  # fmt: skip
+
+
+# What the extension leaves out (None), as the custom op's schema (list[Tensor]) needs it.
+_ABSENT = (torch.uint8, torch.uint8, torch.float32, torch.bfloat16)
+
+
+def _quantize_impl(*args, **kwargs) -> list[torch.Tensor]:
+    """The custom op's body (torch.compile): `_quantize_eager` with empty tensors for the outputs
+    not emitted, and the outputs that share one allocation (codes, scales, tensor scales) cloned,
+    since a custom op's outputs may not alias each other. Its schema is `_quantize_eager`'s."""
+    outs = _quantize_eager(*args, **kwargs)
+    x = args[0] if args else kwargs["x"]
+    return [
+        x.new_empty((0,), dtype=_ABSENT[i % 4]) if t is None else (t if i % 4 == 3 else t.clone())
+        for i, t in enumerate(outs)
+    ]
+
+
+_quantize_impl.__signature__ = inspect.signature(_quantize_eager).replace(  # type: ignore[attr-defined]
+    return_annotation="list[torch.Tensor]"
+)
 
 
 _quantize_op = torch.library.custom_op("quartet_te::quantize", mutates_args=())(_quantize_impl)
@@ -460,7 +483,7 @@ def quantize_both(
         raise ValueError(f"x.T: the quantized dim {rows} is not a multiple of {F.BLOCK}")
     if rows == 0 or cols == 0:
         raise ValueError(f"empty input of shape {tuple(x.shape)}")
-    outs = _eager(_quantize_op, _quantize_impl)(x, None, None, rows, cols, step, *dirs[0], *dirs[1])
+    outs = _eager(_quantize_op, _quantize_eager)(x, None, None, rows, cols, step, *dirs[0], *dirs[1])
     result = []
     for i, m in enumerate((mode, mode_t)):
         result.append(None if m is None else _wrap(outs[4 * i : 4 * i + 4], emits[i], m, dirs[i][1]))
@@ -503,7 +526,7 @@ def requantize(
     data = _contiguous(t.data)
     scales = t.block_scales.contiguous()  # E4M3 bytes: the extension reads them as uint8
     ts = t.tensor_scale if t.tensor_scale.dtype == torch.float32 else t.tensor_scale.float()
-    outs = _eager(_quantize_op, _quantize_impl)(
+    outs = _eager(_quantize_op, _quantize_eager)(
         data, scales, ts, rows, cols, _prep_step(step, data),
         -1, 0, None, 0, 0, 0, None, 0,
         MODE_IDS["ms_eden"], rot, sg, _signed64(key), _signed64(offset), soff, None, e,

@@ -7,7 +7,9 @@
 #   layer  one te.TransformerLayer (hidden 4096, seq 2048): BF16, TE FP8, quartet2, nvfp4-sr
 #   mlm    Megatron-LM's own pretrain_gpt.py (4 layers, hidden 1024, ffn 4096, seq 1024, mbs 8,
 #          mock data, TE layers): BF16, TE FP8, --fp4-recipe quartet2 through our launcher
-#          (MLM_RUNS adds e.g. bf16_graph: --cuda-graph-impl local, which our recipes refuse)
+#          (MLM_RUNS adds e.g. bf16_graph / quartet2_graph: --cuda-graph-impl local)
+#   host   tests/te/profile_host_overhead.py: host µs per call, cProfile listings in $OUT/host
+#   ncu    Nsight Compute on the quantize kernels of one linear (tools/kernel_probe.py), if installed
 # Usage: bash tools/gpu_fastpath.sh [stages...]   (default: build tests kbench layer mlm)
 # Needs Transformer Engine and megatron-core on PYTHONPATH for tests/layer/mlm, and a Megatron-LM
 # checkout (pretrain_gpt.py and megatron/) in $MEGATRON_LM (default .megatron-lm) for mlm.
@@ -70,6 +72,23 @@ for s in $stages; do
         echo "$run rc=$?: $(grep -o 'elapsed time per iteration (ms): [0-9.]*' "$OUT/mlm_$run.log" | awk '{print $NF}' | tr '\n' ' ')"
         grep -E "Error|error:" "$OUT/mlm_$run.log" | grep -v -i warn | tail -3
       done ;;
+    host)
+      timeout 300 $PY tests/te/profile_host_overhead.py --out "$OUT/host" 2>&1 | grep -v -i warn | tee "$OUT/host.log" ;;
+    ncu)
+      NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+      if [ -z "$NCU" ]; then echo "ncu not installed"; else
+        # every row/tile kernel launch of the probe (the availability probe, then two rounds)
+        timeout 400 "$NCU" --target-processes all -k regex:'row_kernel|tile_kernel' --launch-count 24 \
+          --section SpeedOfLight --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats \
+          --section WarpStateStats --section InstructionStats --section MemoryWorkloadAnalysis \
+          $PY tools/kernel_probe.py >"$OUT/ncu.log" 2>&1; echo "ncu rc=$?"
+        grep -E "^  .*_kernel|Duration|Executed Instructions  |Issue Slots Busy|Registers Per|Spilling Requests  |ERR" "$OUT/ncu.log" | head -90
+      fi
+      if command -v cuobjdump >/dev/null || [ -x /usr/local/cuda/bin/cuobjdump ]; then
+        CUOBJ=$(command -v cuobjdump || echo /usr/local/cuda/bin/cuobjdump)
+        "$CUOBJ" -sass quartet_te/_C*.so | $PY tools/sass_histogram.py --match Lb0E --top 14 >"$OUT/sass.txt"
+        echo "sass: $(wc -l <"$OUT/sass.txt") kernels in $OUT/sass.txt"
+      fi ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac
 done

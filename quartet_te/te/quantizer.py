@@ -221,7 +221,9 @@ class QuartetQuantizer(Quantizer):
         if tensor.dim() < 2 and self.kind is not SlotKind.WEIGHT:
             raise ValueError(f"{self.kind.value} must have at least 2 dims, got shape {tuple(tensor.shape)}")
         shape = tuple(tensor.shape)
-        t2 = tensor.detach().reshape(-1, shape[-1])
+        t2 = tensor.detach()
+        if t2.dim() != 2:
+            t2 = t2.reshape(-1, shape[-1])
         op = self._operand(t2)
         probe = self.telemetry
         if probe is not None and self.kind is not SlotKind.GRAD_OUTPUT and op.hp is None and op.rows:

@@ -90,3 +90,24 @@ def test_ops_uses_reference_on_cpu(gen):
     x = torch.randn(32, 64, generator=gen)
     a, b = ops.quantize(x, "four_over_six"), reference.quantize(x, "four_over_six")
     assert torch.equal(a.data, b.data)
+
+
+def test_quantize_op_unaliases_the_shared_allocation(monkeypatch):
+    """The extension returns codes, scales and tensor scale as views of one allocation, and None
+    for what it does not emit (csrc/bindings.cpp make_outputs); the torch.compile custom op must
+    return separate tensors (torch refuses outputs that alias each other) and empties for None."""
+
+    def shared_views(x, *args):
+        buf = torch.randint(0, 255, (64,), dtype=torch.uint8)
+        data, scales = buf[:32].view(4, 8), buf[32:36].view(torch.float8_e4m3fn).view(4, 1)
+        ts = buf[48:52].view(torch.float32).view(())
+        return [data, scales, ts, torch.randn(4, 16).bfloat16(), None, None, None, None]
+
+    monkeypatch.setattr(K, "_quantize_eager", shared_views)
+    row = (K.MODE_IDS["four_over_six"], 0, None, 0, 0, 0, None, 3)
+    off = (-1, 0, None, 0, 0, 0, None, 0)
+    outs = K._quantize_op(torch.randn(4, 16), None, None, 4, 16, None, *row, *off)
+    assert [tuple(t.shape) for t in outs] == [(4, 8), (4, 1), (), (4, 16), (0,), (0,), (0,), (0,)]
+    assert [t.dtype for t in outs[4:]] == [torch.uint8, torch.uint8, torch.float32, torch.bfloat16]
+    ptrs = [t.untyped_storage().data_ptr() for t in outs[:4]]
+    assert len(set(ptrs)) == 4
