@@ -217,9 +217,9 @@ __device__ __forceinline__ void rotate8(float (&v)[8], const QuantParams& p, con
   }
 }
 
-// The amax key of max |rotate8<true>(v)| from the key of max |rotate8<false>(v)| (NaN stays NaN).
-__device__ __forceinline__ unsigned scale_key(unsigned key, const QuantParams& p) {
-  return p.rot_n == 0 ? key : amax_key(__fmul_rn(__uint_as_float(key), p.rot_scale));
+// The amax key of max |rotate8<true>(v)| from max |rotate8<false>(v)| (NaN stays NaN).
+__device__ __forceinline__ unsigned scale_key(float m, const QuantParams& p) {
+  return amax_key(p.rot_n == 0 ? m : __fmul_rn(m, p.rot_scale));
 }
 
 // Pairwise tree of adjacent elements.
@@ -236,12 +236,20 @@ __device__ __forceinline__ float max8abs(const float (&v)[8]) {
   return m;
 }
 
-// max |v| as the order-preserving bit pattern of |v| (NaN sorts above +inf, so a NaN anywhere
-// gives a NaN amax, hence a NaN tensor scale, like the reference's amax).
-__device__ __forceinline__ unsigned amax8_key(const float (&v)[8]) {
-  unsigned m = 0;
+// Running max |v| of an amax pass, NaN-propagating (PTX max.NaN, sm_80+: one FMNMX.NAN with the
+// |.| folded in, where the bit-pattern key would take a LOP3 and an integer max per element).
+// The pass turns it into the order-preserving key once at the end (amax_key: NaN sorts above
+// +inf), so a NaN anywhere gives a NaN amax, hence a NaN tensor scale, like the reference's.
+// For non-NaN values the max is the same number either way (|v| orders as its bit pattern).
+__device__ __forceinline__ float max_abs_nan(float m, float v) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(m), "f"(fabsf(v)));
+  return r;
+}
+
+__device__ __forceinline__ float amax8(float m, const float (&v)[8]) {
 #pragma unroll
-  for (int k = 0; k < 8; ++k) m = max(m, amax_key(v[k]));
+  for (int k = 0; k < 8; ++k) m = max_abs_nan(m, v[k]);
   return m;
 }
 
@@ -456,7 +464,7 @@ __global__ void __launch_bounds__(kThreads, row_min_blocks<KIND, AMAX, MODE>()) 
     rt = inv_scale(st);
     if (tid == 0) *a.tensor_scale = st;
   }
-  unsigned mraw = 0, mrot = 0;
+  float mraw = 0.f, mrot = 0.f;
   const Streams streams = resolve_streams(a.p);
   const Signs sg = load_signs(a.p, streams.sign_offset, lane);
   // Software pipeline: the loads of the next kUnroll groups are in flight while these are
@@ -479,10 +487,10 @@ __global__ void __launch_bounds__(kThreads, row_min_blocks<KIND, AMAX, MODE>()) 
       float v[8];
       vconvert<KIND>(cur[s], 1.f, v);
       if constexpr (AMAX) {
-        mraw = max(mraw, amax8_key(v));
+        if (a.acc_raw != nullptr) mraw = amax8(mraw, v);
         if (a.acc_rot != nullptr) {
-          rotate8<false>(v, a.p, sg, lane);
-          mrot = max(mrot, amax8_key(v));
+          rotate8<false, kRot>(v, a.p, sg, lane);
+          mrot = amax8(mrot, v);
         }
       } else {
         rotate8<true, kRot>(v, a.p, sg, lane);
@@ -494,7 +502,7 @@ __global__ void __launch_bounds__(kThreads, row_min_blocks<KIND, AMAX, MODE>()) 
     for (int s = 0; s < kUnroll; ++s) cur[s] = nxt[s];
   }
   if constexpr (AMAX) {
-    warp_atomic_max(a.acc_raw, mraw);
+    warp_atomic_max(a.acc_raw, amax_key(mraw));
     warp_atomic_max(a.acc_rot, scale_key(mrot, a.p));
   }
 }
@@ -676,7 +684,7 @@ __global__ void __launch_bounds__(kThreads, tile_min_blocks<KIND, AMAX, TC, MODE
   __syncthreads();
 
   // Row-wise pass (from shared memory: keeps one copy of the quantizer in the code).
-  unsigned mraw = 0, mrow = 0, mcol = 0;
+  float mraw = 0.f, mrow = 0.f, mcol = 0.f;
   const bool row_pass = AMAX ? (a.acc_raw != nullptr || a.acc_rowrot != nullptr) : a.do_row;
   const Signs sg_row = read_signs(a.prow, reinterpret_cast<const float*>(signs_sm4[0]), lane);  // rows: lane & 15 is the group's position
   if (row_pass) {
@@ -694,10 +702,10 @@ __global__ void __launch_bounds__(kThreads, tile_min_blocks<KIND, AMAX, TC, MODE
       float v[8];
       tile.load_row(r, c8, v);
       if constexpr (AMAX) {
-        mraw = max(mraw, amax8_key(v));
+        if (a.acc_raw != nullptr) mraw = amax8(mraw, v);
         if (a.acc_rowrot != nullptr) {
-          rotate8<false>(v, a.prow, sg_row, lane);
-          mrow = max(mrow, amax8_key(v));
+          rotate8<false, kRot>(v, a.prow, sg_row, lane);
+          mrow = amax8(mrow, v);
         }
       } else {
         rotate8<true, kRot>(v, a.prow, sg_row, lane);
@@ -727,8 +735,8 @@ __global__ void __launch_bounds__(kThreads, tile_min_blocks<KIND, AMAX, TC, MODE
       float v[8];
       tile.load_col(r8, c, v);
       if constexpr (AMAX) {
-        rotate8<false>(v, a.pcol, sg_col, lane);
-        mcol = max(mcol, amax8_key(v));
+        rotate8<false, kRot>(v, a.pcol, sg_col, lane);
+        mcol = amax8(mcol, v);
       } else {
         rotate8<true, kRot>(v, a.pcol, sg_col, lane);
         const GroupOut o{a.col_data, a.col_scales, a.col_operand, g0 + uint64_t(it) * dg,
@@ -742,7 +750,7 @@ __global__ void __launch_bounds__(kThreads, tile_min_blocks<KIND, AMAX, TC, MODE
     }
   }
   if constexpr (AMAX) {
-    warp_atomic_max(a.acc_raw, mraw);
+    warp_atomic_max(a.acc_raw, amax_key(mraw));
     warp_atomic_max(a.acc_rowrot, scale_key(mrow, a.prow));
     warp_atomic_max(a.acc_colrot, scale_key(mcol, a.pcol));
   }
@@ -851,10 +859,13 @@ void launch_row_mode(const RowArgs& a, cudaStream_t stream) {
 }
 
 // The forward's Four over Six and the backward's MS-EDEN get kernels specialised to their mode;
-// the other modes (and every amax pass, which does not quantize) share the generic one.
+// the other modes share the generic one. An amax pass does not quantize: its MODE = kEden only
+// fixes the rotation at 128 points (unrolled stages), used where its rotated maximum is one.
 template <int KIND, bool AMAX>
 void launch_row(const RowArgs& a, cudaStream_t stream) {
-  if constexpr (!AMAX) {
+  if constexpr (AMAX) {
+    if (a.acc_rot != nullptr && a.p.rot_n == 128) return launch_row_mode<KIND, AMAX, kEden>(a, stream);
+  } else {
     if (a.p.mode == kFourOverSix) return launch_row_mode<KIND, AMAX, kFourOverSix>(a, stream);
     if (a.p.mode == kEden && a.p.rot_n == 128) {
       if (a.data == nullptr) return launch_row_mode<KIND, AMAX, kEden, true>(a, stream);
@@ -890,7 +901,12 @@ void launch_tile_mode(const TileArgs& a, cudaStream_t stream) {
 // operands) gets the specialised kernel with pre-drawn rounding words.
 template <int KIND, bool AMAX>
 void launch_tile(const TileArgs& a, cudaStream_t stream) {
-  if constexpr (!AMAX) {
+  if constexpr (AMAX) {  // rotated maxima all of 128-point rotations: unrolled stages (kEden)
+    const bool row_ok = a.acc_rowrot == nullptr || a.prow.rot_n == 128;
+    const bool col_ok = a.acc_colrot == nullptr || a.pcol.rot_n == 128;
+    if ((a.acc_rowrot != nullptr || a.acc_colrot != nullptr) && row_ok && col_ok)
+      return launch_tile_mode<KIND, AMAX, kEden>(a, stream);
+  } else {
     const auto eden = [](const QuantParams& p) { return p.mode == kEden && p.rot_n == 128; };
     if ((!a.do_row || eden(a.prow)) && (!a.do_col || eden(a.pcol))) {
       if ((!a.do_row || a.row_data == nullptr) && (!a.do_col || a.col_data == nullptr))
@@ -970,8 +986,23 @@ void quantize(const QuantizeSpec& s, cudaStream_t stream) {
     if (s.col.p.rot_n == 0) amax_col = ws_raw ? ws_raw : (ws_raw = s.col.amax_ws);
     else amax_col = ws_colrot = s.col.amax_ws;
   }
-  for (float* w : {ws_raw, ws_rowrot, ws_colrot})
-    if (w) QT_CUDA_CHECK(cudaMemsetAsync(w, 0, sizeof(float), stream));
+  // Zero the accumulators: one memset over the span of those in use when they are adjacent (the
+  // extension puts both directions' workspaces side by side), else one each.
+  float* lo = nullptr;
+  float* hi = nullptr;
+  int used = 0;
+  for (float* w : {ws_raw, ws_rowrot, ws_colrot}) {
+    if (!w) continue;
+    ++used;
+    lo = (!lo || w < lo) ? w : lo;
+    hi = (!hi || w > hi) ? w : hi;
+  }
+  if (used && hi - lo + 1 == used) {
+    QT_CUDA_CHECK(cudaMemsetAsync(lo, 0, size_t(used) * sizeof(float), stream));
+  } else {
+    for (float* w : {ws_raw, ws_rowrot, ws_colrot})
+      if (w) QT_CUDA_CHECK(cudaMemsetAsync(w, 0, sizeof(float), stream));
+  }
 
   TileArgs t{};
   t.x = s.x;

@@ -143,7 +143,7 @@ def quantize(
     """Quantize `x` (or `x.T`) along its last dim; see `quartet_te.reference.quantize`."""
     if mode not in MODES:
         raise ValueError(f"unknown quantization mode {mode!r}; expected one of {MODES}")
-    check_input(x.t() if transpose and isinstance(x, torch.Tensor) and x.dim() == 2 else x)
+    check_input(x, "x", transposed=transpose and isinstance(x, torch.Tensor) and x.dim() == 2)
     _check_random(mode, seed)
     _check_signs(signs, x, seed)
     _check_step(step, x)
@@ -176,7 +176,7 @@ def quantize_both(
     if mode not in MODES:
         raise ValueError(f"unknown quantization mode {mode!r}; expected one of {MODES}")
     check_input(x)
-    check_input(x.t(), "x.T")
+    check_input(x, "x.T", transposed=True)
     _check_random(mode, seed)
     _check_signs(signs, x, seed)
     _check_step(step, x)

@@ -83,3 +83,17 @@ def test_nvfp4_tensor_checks_its_fields(x):
         NVFP4Tensor([[1, 2]], t.block_scales, t.tensor_scale)
     same = NVFP4Tensor(t.data, t.block_scales, t.tensor_scale, mode=t.mode)
     assert same.shape == (64, 256) and torch.equal(same.dequantize(), t.dequantize())
+
+
+def test_transposed_inputs_are_checked_along_their_rows(gen):
+    """`transpose=True` and `quantize_both` check x.T's quantized dim (x's rows) without making
+    the view: a 40-row x is refused for its x.T, a 48-row one accepted."""
+    x = torch.randn(40, 256, generator=gen)
+    with pytest.raises(ValueError, match="x: the quantized .* dim 40 is not a multiple of 16"):
+        ops.quantize(x, "rtn", transpose=True)
+    with pytest.raises(ValueError, match="x.T: the quantized .* dim 40 is not a multiple of 16"):
+        ops.quantize_both(x, "rtn")
+    ok = ops.quantize(torch.randn(48, 256, generator=gen), "rtn", transpose=True)
+    assert ok.shape == (256, 48)
+    with pytest.raises(ValueError, match="must be 2-D"):
+        ops.quantize(torch.randn(16, generator=gen), "rtn", transpose=True)

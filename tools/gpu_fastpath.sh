@@ -5,6 +5,7 @@
 #   kbench python -m quartet_te.bench.kernels (kernels vs copy bandwidth; linear vs torch BF16,
 #          TE BF16, TE FP8; CUDA-graph replay; activation memory)
 #   layer  one te.TransformerLayer (hidden 4096, seq 2048): BF16, TE FP8, quartet2, nvfp4-sr
+#   layerhost  the same layer, BF16 vs quartet2: host-issue time, host<->device syncs, cProfile
 #   mlm    Megatron-LM's own pretrain_gpt.py (4 layers, hidden 1024, ffn 4096, seq 1024, mbs 8,
 #          mock data, TE layers): BF16, TE FP8, --fp4-recipe quartet2 through our launcher
 #          (MLM_RUNS adds e.g. bf16_graph / quartet2_graph: --cuda-graph-impl local)
@@ -53,6 +54,10 @@ for s in $stages; do
     layer)
       timeout 300 $PY tests/te/bench_te_layer.py --hidden 4096 --ffn 16384 --heads 32 --seq 2048 --iters 10 \
         --recipes bf16,fp8_current,quartet2,nvfp4-sr 2>&1 | tee "$OUT/layer.log" | tail -9 ;;
+    layerhost)
+      timeout 300 $PY tests/te/bench_te_layer.py --hidden 4096 --ffn 16384 --heads 32 --seq 2048 --iters 10 \
+        --recipes bf16,quartet2 --sync-check quartet2 --cprofile bf16,quartet2 2>&1 | grep -v -i warn \
+        | tee "$OUT/layerhost.log" | head -60 ;;
     mlm)
       MLM=${MEGATRON_LM:-$ROOT/.megatron-lm}
       args=(--num-layers 4 --hidden-size 1024 --ffn-hidden-size 4096 --num-attention-heads 16

@@ -125,21 +125,28 @@ def _quantize_ms_eden(xs: torch.Tensor, seed: int, offset: int) -> tuple[torch.T
     return codes, scale
 
 
-def check_input(x: torch.Tensor, what: str = "x") -> None:
-    """Raise ValueError unless `x` is a 2-D float tensor whose last dim is a multiple of 16."""
+def check_input(x: torch.Tensor, what: str = "x", transposed: bool = False) -> None:
+    """Raise ValueError unless `x` is a 2-D float tensor whose last dim is a multiple of 16
+    (with `transposed`: the checks of `x.T`, without making the view; `what` names `x.T`)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
-        raise ValueError(f"{what} must be 2-D (rows, cols), got shape {tuple(x.shape)}")
+        shape = tuple(x.shape)[::-1] if transposed else tuple(x.shape)
+        raise ValueError(f"{what} must be 2-D (rows, cols), got shape {shape}")
     if x.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"{what} must be float32, bfloat16 or float16, got {x.dtype}")
-    if x.shape[1] % F.BLOCK:
-        raise ValueError(f"{what}: the quantized (last) dim {x.shape[1]} is not a multiple of {F.BLOCK}")
+    qdim = x.shape[0] if transposed else x.shape[1]
+    if qdim % F.BLOCK:
+        raise ValueError(f"{what}: the quantized (last) dim {qdim} is not a multiple of {F.BLOCK}")
 
 
 def check_seed(seed: object, what: str = "seed") -> int:
     """`seed` as an int, or TypeError / ValueError: it must be an integer (not a bool, which would
     silently mean 0 or 1, nor a float, which would be truncated) in [0, 2**64)."""
+    if type(seed) is int:  # the usual case, without the ABC check below
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"{what} must be in [0, 2**64), got {seed}")
+        return seed
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"{what} must be an int (the Philox key), got {type(seed).__name__} {seed!r}")
     if not 0 <= seed < 2**64:

@@ -5,12 +5,17 @@
 Prints a Markdown table (median of `--iters` timed iterations after `--warmup`, CUDA events,
 inputs and grads preallocated) and which numerical backend `quartet_te.ops` used (the CUDA
 kernels or the pure-PyTorch reference): the recipe's speed is the backend's speed plus the
-recipe's Python overhead.
+recipe's Python overhead. "host ms" is the time the host takes to issue one iteration (from
+before the forward to the return of the backward, no synchronisation inside): where it comes
+close to the fwd+bwd time the layer is host-bound. `--sync-check RECIPE` runs one more iteration
+under `torch.cuda.set_sync_debug_mode("warn")` and prints where the host waited for the GPU.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
+import warnings
 
 import torch
 
@@ -29,23 +34,43 @@ def _recipe(name: str):
     return te_recipe.CustomRecipe(qfactory=QuantizerFactory(name))
 
 
-def time_layer(layer, x, g, recipe, warmup: int, iters: int) -> float:
+def time_layer(layer, x, g, recipe, warmup: int, iters: int) -> tuple[float, float]:
+    """(median device ms, median host-issue ms) of one fwd+bwd."""
     import transformer_engine.pytorch as te
 
-    times = []
+    times, host = [], []
     for i in range(warmup + iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0 = time.perf_counter()
         start.record()
         with te.autocast(enabled=recipe is not None, recipe=recipe):
             y = layer(x)
         y.backward(g)
         end.record()
+        t1 = time.perf_counter()
         torch.cuda.synchronize()
         if i >= warmup:
             times.append(start.elapsed_time(end))
+            host.append((t1 - t0) * 1e3)
         layer.zero_grad(set_to_none=True)
         x.grad = None
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(host)
+
+
+def sync_check(layer, x, g, recipe) -> None:
+    """One fwd+bwd under the sync debug mode: each host<->device synchronisation, with its caller."""
+    time_layer(layer, x, g, recipe, 1, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            time_layer(layer, x, g, recipe, 0, 1)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    print(f"\nsync check: {len(syncs)} synchronising calls in one timed fwd+bwd (any in this file are the timing's own)")
+    for w in syncs[:10]:
+        print(f"- {str(w.message).splitlines()[0]} at {w.filename}:{w.lineno}")
 
 
 def main() -> None:
@@ -64,6 +89,8 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--recipes", default="bf16,fp8_current,quartet2,nvfp4-sr")
     p.add_argument("--profile", default="", help="also print the top CUDA kernels of this recipe")
+    p.add_argument("--sync-check", default="", help="report host-device synchronisations of this recipe")
+    p.add_argument("--cprofile", default="", help="print a cProfile (internal time) of these recipes' fwd+bwd (comma-separated)")
     args = p.parse_args()
 
     torch.manual_seed(0)
@@ -80,16 +107,57 @@ def main() -> None:
     print(f"te.TransformerLayer {shape}\n")
     rows = []
     for name in args.recipes.split(","):
-        ms = time_layer(layer, x, g, _recipe(name), args.warmup, args.iters)
-        rows.append((name, ms))
-    bf16 = dict(rows).get("bf16")
-    print("| recipe | fwd+bwd ms (median) | vs BF16 |")
-    print("|---|---|---|")
-    for name, ms in rows:
+        ms, host = time_layer(layer, x, g, _recipe(name), args.warmup, args.iters)
+        rows.append((name, ms, host))
+    bf16 = {name: ms for name, ms, _ in rows}.get("bf16")
+    print("| recipe | fwd+bwd ms (median) | vs BF16 | host ms |")
+    print("|---|---|---|---|")
+    for name, ms, host in rows:
         rel = f"{ms / bf16:.2f}x" if bf16 else "-"
-        print(f"| {name} | {ms:.2f} | {rel} |")
+        print(f"| {name} | {ms:.2f} | {rel} | {host:.2f} |")
+    if args.sync_check:
+        sync_check(layer, x, g, _recipe(args.sync_check))
+    for name in filter(None, args.cprofile.split(",")):
+        print(f"\n## {name}")
+        host_profile(layer, x, g, _recipe(name))
     if args.profile:
         profile(layer, x, g, _recipe(args.profile))
+
+
+_BUCKETS = (  # (name, test on (filename, function name)) for cProfile's entries, first match wins
+    ("quartet_te C++ (_C)", lambda f, n: f == "~" and "quartet_te._C" in n),
+    ("quartet_te Python", lambda f, n: "/quartet_te/" in f),
+    ("TE C++ (transformer_engine_torch)", lambda f, n: f == "~" and "transformer_engine_torch" in n),
+    ("TE Python", lambda f, n: "transformer_engine" in f),
+    ("autograd engine", lambda f, n: "run_backward" in n),
+    ("torch C++ (other built-ins)", lambda f, n: f == "~"),
+    ("other Python (torch, stdlib)", lambda f, n: True),
+)
+
+
+def host_profile(layer, x, g, recipe, steps: int = 10) -> None:
+    """Where the host time of one fwd+bwd goes: cProfile internal time per step, summed by
+    package (cProfile's own overhead inflates the Python rows), then the top functions."""
+    import cProfile
+    import io
+    import pstats
+
+    time_layer(layer, x, g, recipe, 1, 1)
+    prof = cProfile.Profile()
+    prof.enable()
+    time_layer(layer, x, g, recipe, 0, steps)
+    prof.disable()
+    stats = pstats.Stats(prof)
+    totals = dict.fromkeys((name for name, _ in _BUCKETS), 0.0)
+    for (filename, _, func), (_, _, tottime, _, _) in stats.stats.items():
+        name = next(name for name, test in _BUCKETS if test(filename, func))
+        totals[name] += tottime
+    print(f"\ncProfile, host ms per fwd+bwd by package ({steps} steps, {stats.total_tt / steps * 1e3:.2f} ms in all):")
+    for name, tt in totals.items():
+        print(f"  {name:36s} {tt / steps * 1e3:7.3f}")
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(30)
+    print(text.getvalue())
 
 
 def profile(layer, x, g, recipe) -> None:
@@ -98,7 +166,7 @@ def profile(layer, x, g, recipe) -> None:
 
     time_layer(layer, x, g, recipe, 1, 1)
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        wall = time_layer(layer, x, g, recipe, 0, 2)
+        wall, _ = time_layer(layer, x, g, recipe, 0, 2)
     events = prof.key_averages()
     key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
     # Device-side events only (kernels, memsets, copies): CPU-side rows such as the autograd
