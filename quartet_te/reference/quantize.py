@@ -143,11 +143,8 @@ def check_input(x: torch.Tensor, what: str = "x", transposed: bool = False) -> N
 def check_seed(seed: object, what: str = "seed") -> int:
     """`seed` as an int, or TypeError / ValueError: it must be an integer (not a bool, which would
     silently mean 0 or 1, nor a float, which would be truncated) in [0, 2**64)."""
-    if type(seed) is int:  # the usual case, without the ABC check below
-        if not 0 <= seed < 2**64:
-            raise ValueError(f"{what} must be in [0, 2**64), got {seed}")
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    # A plain int (the usual case) skips the numbers.Integral ABC check, the slow part.
+    if type(seed) is not int and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise TypeError(f"{what} must be an int (the Philox key), got {type(seed).__name__} {seed!r}")
     if not 0 <= seed < 2**64:
         raise ValueError(f"{what} must be in [0, 2**64), got {seed}")
