@@ -150,6 +150,50 @@ def _emit(device: torch.device, keep_fp4: bool) -> str:
     return "both" if keep_fp4 else "bf16"
 
 
+# The hot path. On the CUDA kernels, the Quartet II quantizations and GEMMs below skip `ops`'
+# per-call argument checks: every argument but the tensors repeats each step, so its validation
+# is cached (`kernels.planned_direction`), and the tensors are the ones this module built (the
+# extension still checks shapes and pointers before any launch). Same launches, same bits as the
+# `ops` calls they replace, which remain the path for the reference and for fixed signs tensors.
+def _quantize_rows(x: torch.Tensor, mode: str, signs: torch.Tensor | None, emit: str) -> NVFP4Tensor | BF16Operand:
+    """`ops.quantize(x, mode, signs=signs, emit=emit)` (deterministic modes)."""
+    k = ops.kernels_for(x.device)
+    if k is None or signs is not None:
+        return ops.quantize(x, mode, signs=signs, emit=emit)
+    return k.quantize_planned(x, k.planned_direction(mode, emit=emit), None)[0]
+
+
+def _ms_eden(e: torch.Tensor, d: BackwardDraw, row: int | None, col: int | None, emit: str) -> tuple:
+    """MS-EDEN of e along its rows (stream `row`) and/or of eᵀ (stream `col`; None: not wanted):
+    `ops.quantize_both` / `ops.quantize` with the draw's streams."""
+    k = ops.kernels_for(e.device)
+    if k is None or d.step_tensor is None:
+        if row is not None and col is not None:
+            kw = _streams(d, row)
+            return ops.quantize_both(e, "ms_eden", offset_t=_streams(d, col)["offset"], emit=emit, emit_t=emit, **kw)
+        if row is not None:
+            return ops.quantize(e, "ms_eden", emit=emit, **_streams(d, row)), None
+        return None, ops.quantize(e, "ms_eden", emit=emit, transpose=True, **_streams(d, col))
+    plan = [None if s is None else k.planned_direction("ms_eden", d.sign_stream, d.seed, s, emit) for s in (row, col)]
+    return k.quantize_planned(e, plan[0], plan[1], d.step_tensor)
+
+
+def _requantize(t: NVFP4Tensor, d: BackwardDraw, operand: int, emit: str) -> NVFP4Tensor | BF16Operand:
+    """`ops.requantize(t, ...)` with the draw's stream `operand`."""
+    k = ops.kernels_for(t.device)
+    if k is None or d.step_tensor is None or t.shape[0] % ROTATION:
+        return ops.requantize(t, emit=emit, **_streams(d, operand))
+    col = k.planned_direction("ms_eden", d.sign_stream, d.seed, operand, emit)
+    return k.quantize_planned(t.data, None, col, d.step_tensor, t.block_scales, t.tensor_scale)[1]
+
+
+def _gemm(a: NVFP4Tensor | BF16Operand, b: NVFP4Tensor | BF16Operand, out_dtype: torch.dtype,
+          bias: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """`ops.gemm(a, b, out_dtype, bias=bias)` for operands this module quantized."""
+    k = ops.kernels_for(a.device)
+    return ops.gemm(a, b, out_dtype, bias=bias) if k is None else k.gemm_unchecked(a, b, out_dtype, bias)
+
+
 def quantize_input(x: torch.Tensor, recipe: Recipe, fixed: RotationState) -> ForwardOperand:
     """x̂ for the forward GEMM from the 2-D input `x` (M×K); `fixed` supplies the fixed signs."""
     rows, cols = x.shape
@@ -161,7 +205,7 @@ def quantize_input(x: torch.Tensor, recipe: Recipe, fixed: RotationState) -> For
         return op
     if isinstance(recipe, Quartet2Recipe):
         op.fwd_signs = fixed.fixed_signs(ROTATION, x.device) if recipe.forward_rotation else None
-        op.fp4 = ops.quantize(x, _forward_mode(recipe), signs=op.fwd_signs, emit=_emit(x.device, True))
+        op.fp4 = _quantize_rows(x, _forward_mode(recipe), op.fwd_signs, _emit(x.device, True))
         return op
     if "fprop" not in hp_gemms:
         op.fp4 = ops.quantize(x, "rtn", emit=_emit(x.device, True))
@@ -182,7 +226,7 @@ def quantize_weight(w: torch.Tensor, recipe: Recipe, fixed: RotationState) -> Fo
         return op
     if isinstance(recipe, Quartet2Recipe):
         op.fwd_signs = fixed.fixed_signs(ROTATION, w.device) if recipe.forward_rotation else None
-        op.fp4 = ops.quantize(w, _forward_mode(recipe), signs=op.fwd_signs, emit=_emit(w.device, True))
+        op.fp4 = _quantize_rows(w, _forward_mode(recipe), op.fwd_signs, _emit(w.device, True))
     else:
         op.fp4 = ops.quantize_2d(w) if recipe.weight_2d else ops.quantize(w, "rtn")
     return op
@@ -217,15 +261,12 @@ def _grad_ms_eden(g: GradOperand, which: str) -> tuple[NVFP4Tensor | BF16Operand
     cols = round_up(e.shape[1], ROTATION) if both or which == "dgrad" else e.shape[1]
     ep = pad_cols(pad_rows(e, rows), cols)
     emit = _emit(e.device, False)
-    kw = _streams(d, Operand.GRAD_ROWWISE)
+    row_stream = Operand.GRAD_ROWWISE if both or which == "dgrad" else None
+    col_stream = Operand.GRAD_COLWISE if both or which == "wgrad" else None
+    row, col = _ms_eden(ep, d, row_stream, col_stream, emit)
     if both:
-        col_offset = _streams(d, Operand.GRAD_COLWISE)["offset"]
-        row, col = ops.quantize_both(ep, "ms_eden", offset_t=col_offset, emit=emit, emit_t=emit, **kw)
         g._cache["wgrad" if which == "dgrad" else "dgrad"] = (col, ep) if which == "dgrad" else (row, ep)
-        return (row, ep) if which == "dgrad" else (col, ep)
-    if which == "dgrad":
-        return ops.quantize(ep, "ms_eden", emit=emit, **kw), ep
-    return ops.quantize(ep, "ms_eden", emit=emit, transpose=True, **_streams(d, Operand.GRAD_COLWISE)), ep
+    return (row, ep) if which == "dgrad" else (col, ep)
 
 
 # `record(gemm, a, b, out, ref)`: a sampled step's telemetry hook (`LayerProbe.record` with the
@@ -251,7 +292,7 @@ def fprop(
         y = _zeros(x.rows, w.rows, x.device)
     else:
         if record is None:  # the usual case: bias and cast in the GEMM's epilogue
-            y = ops.gemm(x.fp4, w.fp4, out_dtype, bias=bias)
+            y = _gemm(x.fp4, w.fp4, out_dtype, bias)
         else:  # a sampled step: telemetry compares the bias-free FP32 product
             y = ops.gemm(x.fp4, w.fp4, torch.float32)
             xt = target(x.hp, x.fwd_signs) if x.hp is not None else None
@@ -295,8 +336,8 @@ def dgrad(
         else:
             eq, ep = _grad_ms_eden(g, "dgrad")
             n = ep.shape[1]
-            wtq = ops.requantize(w.fp4.pad_rows(n), emit=_emit(e.device, False), **_streams(d, Operand.WEIGHT_T))
-            dx = ops.gemm(eq, wtq, torch.float32 if w.fwd_signs is not None else out_dtype)[: e.shape[0]]
+            wtq = _requantize(w.fp4.pad_rows(n), d, Operand.WEIGHT_T, _emit(e.device, False))
+            dx = _gemm(eq, wtq, torch.float32 if w.fwd_signs is not None else out_dtype)[: e.shape[0]]
             if record is not None:
                 w_deq = w.fp4.pad_rows(n).dequantize()
                 record("dgrad", (eq, target(ep, d.signs)), (wtq, target(w_deq, d.signs, True)),
@@ -351,8 +392,8 @@ def wgrad(
         else:
             etq, ep = _grad_ms_eden(g, "wgrad")
             m = ep.shape[0]
-            xtq = ops.requantize(x.fp4.pad_rows(m), emit=_emit(e.device, False), **_streams(d, Operand.INPUT_T))
-            dw = ops.gemm(etq, xtq, torch.float32 if x.fwd_signs is not None else out_dtype)[: e.shape[1]]
+            xtq = _requantize(x.fp4.pad_rows(m), d, Operand.INPUT_T, _emit(e.device, False))
+            dw = _gemm(etq, xtq, torch.float32 if x.fwd_signs is not None else out_dtype)[: e.shape[1]]
             if record is not None:
                 x_deq = x.fp4.pad_rows(m).dequantize()
                 record("wgrad", (etq, target(ep, d.signs, True)), (xtq, target(x_deq, d.signs, True)),

@@ -373,10 +373,10 @@ def _(data, scales, ts, apply_tensor_scale, dtype):
 def _wrap(outs: list[torch.Tensor], emit: int, mode: str, rotation: int) -> "NVFP4Tensor | BF16Operand":
     """The public object of one direction's [data, scales, tensor_scale, operand]."""
     data, scales, ts, values = outs
-    op = BF16Operand(values, ts, mode=mode, rotation=rotation) if emit & 2 else None
+    op = BF16Operand.trusted(values, ts, mode, rotation) if emit & 2 else None
     if not emit & 1:
         return op
-    return NVFP4Tensor(data, scales, ts, mode=mode, rotation=rotation, operand=op)  # scales: E4M3 already
+    return NVFP4Tensor.trusted(data, scales, ts, mode, rotation, op)  # scales: E4M3 already
 
 
 # ----------------------------------------------------------------------------------------------
@@ -462,32 +462,76 @@ def quantize_both(
     rows, cols = x.shape
     x = _contiguous(x)
     step = _prep_step(step, x)
-    dirs, emits = [], []
-    for m, s, sd, off, am, em, qdim, what in (
-        (mode, signs, seed, offset, amax, emit, cols, "x"),
-        (mode_t, signs_t if signs_t is not None else signs, seed_t if seed_t is not None else seed, offset_t,
-         amax_t, emit_t, rows, "x.T"),
-    ):  # fmt: skip
-        if m is None:
-            dirs.append((-1, 0, None, 0, 0, 0, None, 0))
-            emits.append(0)
-            continue
-        _check_mode(m)
-        _check_qdim(m, qdim, what)
-        sg, rot, soff = _prep_signs(s, x, m, qdim, what)
-        key = resolve_seed(m, sd, generator)
-        e = _check_emit(em)
-        dirs.append((MODE_IDS[m], rot, sg, _signed64(key), _signed64(off), soff, _prep_amax(am, x), e))
-        emits.append(e)
+    dirs = [
+        _direction(mode, signs, seed, offset, amax, emit, cols, "x", x, generator),
+        _direction(mode_t, signs_t if signs_t is not None else signs, seed_t if seed_t is not None else seed,
+                   offset_t, amax_t, emit_t, rows, "x.T", x, generator),
+    ]  # fmt: skip
     if mode_t is not None and rows % F.BLOCK:
         raise ValueError(f"x.T: the quantized dim {rows} is not a multiple of {F.BLOCK}")
     if rows == 0 or cols == 0:
         raise ValueError(f"empty input of shape {tuple(x.shape)}")
     outs = _eager(_quantize_op, _quantize_eager)(x, None, None, rows, cols, step, *dirs[0], *dirs[1])
-    result = []
-    for i, m in enumerate((mode, mode_t)):
-        result.append(None if m is None else _wrap(outs[4 * i : 4 * i + 4], emits[i], m, dirs[i][1]))
-    return result[0], result[1]
+    return _wrap_both(outs, dirs, mode, mode_t)
+
+
+_OFF = (-1, 0, None, 0, 0, 0, None, 0)  # a disabled direction's arguments
+
+
+def _direction(mode, signs, seed, offset, amax, emit, qdim: int, what: str, x: torch.Tensor, generator) -> tuple:
+    """One direction's eight `_quantize_eager` arguments (mode id, rotation, signs, Philox key,
+    offset, sign-stream offset, amax, emit id), validated; `_OFF` if `mode` is None."""
+    if mode is None:
+        return _OFF
+    _check_mode(mode)
+    _check_qdim(mode, qdim, what)
+    sg, rot, soff = _prep_signs(signs, x, mode, qdim, what)
+    key = resolve_seed(mode, seed, generator)
+    return (MODE_IDS[mode], rot, sg, _signed64(key), _signed64(offset), soff, _prep_amax(amax, x), _check_emit(emit))
+
+
+def _wrap_both(outs: list, dirs: list, mode: Optional[str], mode_t: Optional[str]) -> tuple:
+    """The (row-wise, column-wise) public objects of one `_quantize_eager` result."""
+    row = None if mode is None else _wrap(outs[0:4], dirs[0][7], mode, dirs[0][1])
+    col = None if mode_t is None else _wrap(outs[4:8], dirs[1][7], mode_t, dirs[1][1])
+    return row, col
+
+
+@functools.lru_cache(maxsize=4096)
+def planned_direction(
+    mode: str, signs: Optional[SignStream] = None, seed: Optional[int] = None, offset: int = 0, emit: str = "fp4"
+) -> tuple:
+    """`_direction` for the arguments a layer repeats every step (signs none or drawn in the kernel,
+    seed, stream offset, emit; no amax), validated once per distinct value: the GEMM path's
+    quantizations (`quantize_planned`). The quantized dim is checked per call, by the extension."""
+    if signs is not None and not isinstance(signs, SignStream):
+        raise ValueError(f"planned_direction takes signs=None or a SignStream, got {type(signs).__name__}")
+    _check_mode(mode)
+    if mode == "ms_eden" and (signs is None or signs.n != 128):
+        raise ValueError("ms_eden needs signs: a SignStream of 128 entries (fresh per backward call)")
+    rot, soff = (0, 0) if signs is None else (signs.n, _signed64(signs.offset))
+    if rot not in (0, *F.INV_SQRT):
+        raise ValueError(f"SignStream.n must be 16 or 128, got {rot}")
+    key = resolve_seed(mode, seed, None)
+    return (MODE_IDS[mode], rot, None, _signed64(key), _signed64(offset), soff, None, _check_emit(emit))
+
+
+def quantize_planned(
+    x: torch.Tensor, row: Optional[tuple], col: Optional[tuple], step: Optional[torch.Tensor] = None,
+    x_scales: Optional[torch.Tensor] = None, x_ts: Optional[torch.Tensor] = None,
+) -> tuple:
+    """`quantize_both` with directions from `planned_direction` (None: off), for the GEMM path,
+    which calls it with operands it built itself: x is a CUDA float tensor (or, with `x_scales`
+    and `x_ts`, saved packed FP4 to re-quantize column-wise), `step` the layer's device counter.
+    Shapes and pointers are checked by the extension before any launch. Returns the
+    (row-wise, column-wise) objects, None where off."""
+    rows, cols = x.shape
+    if x_scales is not None:
+        cols *= 2  # packed FP4: two codes per byte
+    x = _contiguous(x)
+    outs = _eager(_quantize_op, _quantize_eager)(x, x_scales, x_ts, rows, cols, step, *(row or _OFF), *(col or _OFF))
+    names = [None if d is None else _MODE_NAMES[d[0]] for d in (row, col)]
+    return _wrap_both(outs, [row or _OFF, col or _OFF], *names)
 
 
 def quantize_2d(w: torch.Tensor) -> NVFP4Tensor:
@@ -652,6 +696,15 @@ def gemm(
             raise ValueError(f"gemm: bias must be a vector of N={b.shape[0]} on {a.device}, got {tuple(bias.shape)}")
         if bias.dtype not in _GEMM_OUT_DTYPES:
             raise ValueError(f"gemm: bias dtype {bias.dtype} is not a float type")
+    return gemm_unchecked(a, b, out_dtype, bias)
+
+
+def gemm_unchecked(
+    a: "NVFP4Tensor | BF16Operand", b: "NVFP4Tensor | BF16Operand", out_dtype: torch.dtype = torch.float32,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """`gemm` without its argument checks, for callers that made the operands themselves (the
+    GEMM path) or checked them already (`quartet_te.ops`); the extension still checks shapes."""
     native = device_backend(a.device) == "native"
     if native and isinstance(a, NVFP4Tensor) and isinstance(b, NVFP4Tensor):
         acc = _gemm_native(a, b).float().mul_(a.tensor_scale.float() * b.tensor_scale.float())
@@ -671,10 +724,13 @@ __all__ = [
     "device_backend",
     "gemm",
     "gemm_backend",
+    "gemm_unchecked",
     "is_available",
+    "planned_direction",
     "quantize",
     "quantize_2d",
     "quantize_both",
+    "quantize_planned",
     "requantize",
     "swizzle_scales",
 ]

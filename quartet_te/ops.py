@@ -64,7 +64,7 @@ def _load_kernels() -> ModuleType | None:
     return None
 
 
-def _kernels_for(device: torch.device) -> ModuleType | None:
+def kernels_for(device: torch.device) -> ModuleType | None:
     """The kernel module for tensors on `device`, or None to use the reference."""
     if device.type != "cuda":
         return None
@@ -149,7 +149,7 @@ def quantize(
     _check_step(step, x)
     _check_emit(emit)
     amax = as_amax(amax, x)
-    k = _kernels_for(x.device)
+    k = kernels_for(x.device)
     if k is not None:
         return k.quantize(x, mode, signs=signs, seed=seed, offset=offset, amax=amax, transpose=transpose, step=step,
                           emit=emit)  # fmt: skip
@@ -182,7 +182,7 @@ def quantize_both(
     _check_step(step, x)
     _check_emit(emit)
     _check_emit(emit_t)
-    k = _kernels_for(x.device)
+    k = kernels_for(x.device)
     if k is not None:
         return k.quantize_both(x, mode, signs=signs, seed=seed, offset=offset, emit=emit, mode_t=mode, seed_t=seed,
                                offset_t=offset_t, emit_t=emit_t, step=step)  # fmt: skip
@@ -196,7 +196,7 @@ def quantize_both(
 def quantize_2d(w: torch.Tensor) -> NVFP4Tensor:
     """16×16-block RTN (NVIDIA's weight quantizer)."""
     check_input(w, "w")
-    return (_kernels_for(w.device) or reference).quantize_2d(w)
+    return (kernels_for(w.device) or reference).quantize_2d(w)
 
 
 def requantize(
@@ -211,7 +211,7 @@ def requantize(
     _check_signs(signs, t.data, seed)
     _check_step(step, t.data)
     _check_emit(emit)
-    k = _kernels_for(t.device)
+    k = kernels_for(t.device)
     if k is not None:
         return k.requantize(t, signs=signs, seed=seed, offset=offset, step=step, emit=emit)
     signs, offset = _absolute(signs, seed, offset, step, t.device)
@@ -223,7 +223,7 @@ def gemm(
 ) -> torch.Tensor:
     """`a · bᵀ (+ bias)` for quantized `a` (M×K) and `b` (N×K), FP32 accumulation."""
     check_gemm_operands(a, b)
-    return (_kernels_for(a.device) or reference).gemm(a, b, out_dtype, bias=bias)
+    return (kernels_for(a.device) or reference).gemm(a, b, out_dtype, bias=bias)
 
 
 def dequantize(t: Quantized, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -232,7 +232,7 @@ def dequantize(t: Quantized, dtype: torch.dtype = torch.float32) -> torch.Tensor
         raise TypeError(
             f"dequantize needs an NVFP4Tensor or BF16Operand (what quantize returns), got {type(t).__name__}"
         )
-    return (_kernels_for(t.device) or reference).dequantize(t, dtype)
+    return (kernels_for(t.device) or reference).dequantize(t, dtype)
 
 
 def transpose_2d(t: NVFP4Tensor) -> NVFP4Tensor:

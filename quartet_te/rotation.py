@@ -59,6 +59,9 @@ class SignStream:
         return random_signs(self.n, seed, base + self.offset, device)
 
 
+_STEP_SIGNS = SignStream(ROTATION, Operand.SIGNS)  # every step's signs, relative to the step
+
+
 @dataclass(frozen=True)
 class BackwardDraw:
     """What one backward call uses: the Philox key and the step whose streams it reads.
@@ -87,7 +90,7 @@ class BackwardDraw:
     @property
     def sign_stream(self) -> SignStream:
         """The step's 128 signs as a Philox stream (relative to the step)."""
-        return SignStream(ROTATION, Operand.SIGNS)
+        return _STEP_SIGNS
 
     @property
     def signs(self) -> torch.Tensor:

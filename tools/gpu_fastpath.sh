@@ -4,11 +4,16 @@
 #   tests  the kernel and fast-path device tests (bit-exact vs the reference), TE module tests
 #   kbench python -m quartet_te.bench.kernels (kernels vs copy bandwidth; linear vs torch BF16,
 #          TE BF16, TE FP8; CUDA-graph replay; activation memory)
-#   layer  one te.TransformerLayer (hidden 4096, seq 2048): BF16, TE FP8, quartet2, nvfp4-sr
+#   layer  one te.TransformerLayer (hidden 4096, seq 2048): BF16, TE FP8, quartet2, nvfp4-sr; then
+#          BF16, quartet2 and TE FP8 as CUDA-graph replays (the host taken out)
 #   layerhost  the same layer, BF16 vs quartet2: host-issue time, host<->device syncs, cProfile
+#   ledger the host time of the layer's (and a small te.Linear's) fwd+bwd inside our code vs the rest
+#   layerbatch  the layer at batch 4 (8192 tokens per step), eager and as CUDA-graph replays
 #   mlm    Megatron-LM's own pretrain_gpt.py (4 layers, hidden 1024, ffn 4096, seq 1024, mbs 8,
 #          mock data, TE layers): BF16, TE FP8, --fp4-recipe quartet2 through our launcher
-#          (MLM_RUNS adds e.g. bf16_graph / quartet2_graph: --cuda-graph-impl local)
+#          (MLM_RUNS adds e.g. bf16_graph / quartet2_graph: --cuda-graph-impl local;
+#          MLM_HOST_PROFILE=START:STOP runs every recipe through our launcher with a cProfile of
+#          those training steps, summed by package, at the end of each log)
 #   host   tests/te/profile_host_overhead.py: host µs per call, cProfile listings in $OUT/host
 #   ncu    Nsight Compute on the quantize kernels of one linear (tools/kernel_probe.py), if installed
 # Usage: bash tools/gpu_fastpath.sh [stages...]   (default: build tests kbench layer mlm)
@@ -53,7 +58,15 @@ for s in $stages; do
       timeout 420 $PY -m quartet_te.bench.kernels --profile 2>&1 | tee "$OUT/kbench.log" | grep -v "^$" | tail -70 ;;
     layer)
       timeout 300 $PY tests/te/bench_te_layer.py --hidden 4096 --ffn 16384 --heads 32 --seq 2048 --iters 10 \
-        --recipes bf16,fp8_current,quartet2,nvfp4-sr 2>&1 | tee "$OUT/layer.log" | tail -9 ;;
+        --recipes bf16,fp8_current,quartet2,nvfp4-sr --graph bf16,quartet2,fp8_current 2>&1 | tee "$OUT/layer.log" | tail -16 ;;
+    ledger)
+      for m in layer linear; do
+        timeout 200 $PY tests/te/host_ledger.py --module $m 2>&1 | grep -v -i warn | tee "$OUT/ledger_$m.log" | head -40
+      done ;;
+    layerbatch)
+      timeout 300 $PY tests/te/bench_te_layer.py --hidden 4096 --ffn 16384 --heads 32 --seq 2048 --batch 4 --iters 10 \
+        --recipes bf16,fp8_current,quartet2 --graph bf16,quartet2,fp8_current 2>&1 | grep -v -i warn \
+        | tee "$OUT/layer_batch4.log" | tail -16 ;;
     layerhost)
       timeout 300 $PY tests/te/bench_te_layer.py --hidden 4096 --ffn 16384 --heads 32 --seq 2048 --iters 10 \
         --recipes bf16,quartet2 --sync-check quartet2 --cprofile bf16,quartet2 2>&1 | grep -v -i warn \
@@ -67,12 +80,15 @@ for s in $stages; do
             --log-interval 10 --eval-interval 100000 --eval-iters 0 --distributed-backend nccl
             --no-gradient-accumulation-fusion --use-mcore-models)
       for run in ${MLM_RUNS:-bf16 fp8 quartet2}; do
-        extra=(); entry=(pretrain_gpt.py)
+        extra=(); entry=(pretrain_gpt.py); penv=()
+        if [ -n "${MLM_HOST_PROFILE:-}" ]; then
+          entry=(-m quartet_te.integration.megatron.launch pretrain_gpt.py); penv=(QUARTET_TE_HOST_PROFILE=$MLM_HOST_PROFILE)
+        fi
         [ $run = fp8 ] && extra=(--fp8-format hybrid --fp8-recipe tensorwise)
         case $run in quartet2*) extra=(--fp4-format e2m1 --fp4-recipe quartet2)
           entry=(-m quartet_te.integration.megatron.launch pretrain_gpt.py) ;; esac
         case $run in *_graph) extra+=(--cuda-graph-impl local) ;; esac
-        (cd "$MLM" && PYTHONPATH=$MLM:$PYTHONPATH timeout ${MLM_TIMEOUT:-150} $PY -m torch.distributed.run --nproc-per-node 1 \
+        (cd "$MLM" && env "${penv[@]}" PYTHONPATH=$MLM:$PYTHONPATH timeout ${MLM_TIMEOUT:-150} $PY -m torch.distributed.run --nproc-per-node 1 \
           "${entry[@]}" "${args[@]}" "${extra[@]}" >"$OUT/mlm_$run.log" 2>&1)
         echo "$run rc=$?: $(grep -o 'elapsed time per iteration (ms): [0-9.]*' "$OUT/mlm_$run.log" | awk '{print $NF}' | tr '\n' ' ')"
         grep -E "Error|error:" "$OUT/mlm_$run.log" | grep -v -i warn | tail -3

@@ -19,18 +19,29 @@ order of first use (consistent across TP ranks, but not between PP=1 and PP=2 ru
 Megatron-LM builds Transformer Engine layers unless told `--transformer-impl local`; without a
 working TE it fails deep inside model construction (`NameError: TESpecProvider`). The launcher
 checks first and exits naming both ways out: `--transformer-impl local` or installing TE.
+
+Host profile: with `QUARTET_TE_HOST_PROFILE=START:STOP` in the environment, training steps START to
+STOP-1 (counted from 0 by calls to Megatron's `train_step`) run under cProfile, and the launcher
+prints their host time per step summed by package (`quartet_te.bench.host_profile`) on every rank
+(rank 0 alone if RANK is set). Eager small-model runs are bound by host issue: this says whose
+code issues the step.
 """
 from __future__ import annotations
 
 import functools
+import os
 import runpy
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from .registry import register
 
-__all__ = ["check_transformer_engine", "main", "transformer_impl", "wrap_get_model"]
+__all__ = [
+    "check_transformer_engine", "main", "profile_window", "transformer_impl", "wrap_get_model", "wrap_train_step",
+]  # fmt: skip
+PROFILE_ENV = "QUARTET_TE_HOST_PROFILE"
 
 _USAGE = "usage: python -m quartet_te.integration.megatron.launch <script.py> [script flags...]"
 
@@ -88,6 +99,57 @@ def wrap_get_model() -> bool:
     return True
 
 
+def profile_window(value: str) -> tuple[int, int]:
+    """(start, stop) of a `QUARTET_TE_HOST_PROFILE` value "START:STOP" (0 <= START < STOP)."""
+    try:
+        start, stop = (int(part) for part in value.split(":"))
+    except ValueError:
+        raise ValueError(f"{PROFILE_ENV} must be START:STOP (training step numbers), got {value!r}") from None
+    if not 0 <= start < stop:
+        raise ValueError(f"{PROFILE_ENV}={value!r}: need 0 <= START < STOP")
+    return start, stop
+
+
+def wrap_train_step(start: int, stop: int, out: Any = None) -> bool:
+    """Run Megatron-LM's training steps `start`..`stop-1` under cProfile and print their host time
+    by package to `out` (default stdout) after step `stop-1`; False if `megatron.training` is not
+    importable."""
+    import cProfile
+
+    try:
+        from megatron.training import training
+    except ImportError:
+        return False
+    original: Callable[..., Any] = training.train_step
+    prof = cProfile.Profile()
+    state = {"calls": 0, "host_s": 0.0}
+
+    @functools.wraps(original)
+    def train_step(*args: Any, **kwargs: Any) -> Any:
+        call = state["calls"]
+        state["calls"] = call + 1
+        if not start <= call < stop:
+            return original(*args, **kwargs)
+        t0 = time.perf_counter()
+        prof.enable()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            prof.disable()
+            state["host_s"] += time.perf_counter() - t0
+            if call == stop - 1 and os.environ.get("RANK", "0") == "0":
+                from quartet_te.bench.host_profile import report
+
+                steps = stop - start
+                per_step = state["host_s"] / steps * 1e3
+                print(f"\n[{PROFILE_ENV}] train_step {start}..{stop - 1}: {per_step:.2f} ms of host time per step "
+                      "under the profiler", file=out or sys.stdout)  # fmt: skip
+                print(report(prof, steps, what="training step"), file=out or sys.stdout, flush=True)
+
+    training.train_step = train_step
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     """Register, then run `argv[0]` as `__main__` with `argv[1:]` as its arguments."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -98,9 +160,12 @@ def main(argv: list[str] | None = None) -> None:
     if not script.is_file():
         raise SystemExit(f"{_USAGE}\nno such script: {argv[0]}")
     check_transformer_engine(argv[1:])
+    window = profile_window(os.environ[PROFILE_ENV]) if os.environ.get(PROFILE_ENV) else None
     register()
     sys.path.insert(0, str(script.parent))
     wrap_get_model()
+    if window is not None:
+        wrap_train_step(*window)
     sys.argv = [str(script), *argv[1:]]
     runpy.run_path(str(script), run_name="__main__")
 

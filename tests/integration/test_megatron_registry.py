@@ -5,6 +5,7 @@ Runs on the CPU without Transformer Engine (megatron-core >= 0.16.1 must be inst
 from __future__ import annotations
 
 import argparse
+import re
 import dataclasses
 import sys
 import textwrap
@@ -233,3 +234,48 @@ def test_quantizer_seed_is_checked_and_applied_to_our_recipes_only():
     finally:
         registry.set_quantizer_seed(None)
     assert fp4_utils.get_fp4_recipe(cfg).seed == 0
+
+
+def test_host_profile_window_is_checked():
+    from quartet_te.integration.megatron.launch import profile_window
+
+    assert profile_window("20:30") == (20, 30)
+    for bad in ("20", "a:b", "30:20", "-1:3", "5:5"):
+        with pytest.raises(ValueError, match="QUARTET_TE_HOST_PROFILE"):
+            profile_window(bad)
+
+
+def test_wrap_train_step_profiles_only_the_window(monkeypatch):
+    """Steps 2..3 of five run under cProfile; the report (printed after step 3) counts exactly the
+    work of those two steps, summed by package, and every step still returns its own result."""
+    import io
+    import types
+
+    from quartet_te.integration.megatron import launch
+
+    calls = []
+
+    def train_step(i):
+        calls.append(i)
+        sum(range(20000))  # some host work inside the profiled function
+        return i * 10
+
+    training = types.ModuleType("megatron.training.training")
+    training.train_step = train_step
+    package = types.ModuleType("megatron.training")
+    package.training = training
+    monkeypatch.setitem(sys.modules, "megatron.training", package)
+    monkeypatch.setitem(sys.modules, "megatron.training.training", training)
+    monkeypatch.delenv("RANK", raising=False)
+    out = io.StringIO()
+    assert launch.wrap_train_step(2, 4, out=out)
+    assert [training.train_step(i) for i in range(3)] == [0, 10, 20]
+    assert out.getvalue() == ""  # nothing before the window closes
+    assert [training.train_step(i) for i in range(3, 5)] == [30, 40]
+    assert calls == [0, 1, 2, 3, 4]
+    text = out.getvalue()
+    assert "train_step 2..3" in text and "host ms per training step by package (2 steps" in text
+    assert "other Python (torch, stdlib)" in text and "Megatron Python" in text
+    assert text.count("cProfile, host ms") == 1
+    # the profiled function ran twice (steps 2 and 3), not five times
+    assert re.search(r"\n\s+2\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+ \S*test_megatron_registry.py:\d+\(train_step\)", text)

@@ -7,8 +7,10 @@ inputs and grads preallocated) and which numerical backend `quartet_te.ops` used
 kernels or the pure-PyTorch reference): the recipe's speed is the backend's speed plus the
 recipe's Python overhead. "host ms" is the time the host takes to issue one iteration (from
 before the forward to the return of the backward, no synchronisation inside): where it comes
-close to the fwd+bwd time the layer is host-bound. `--sync-check RECIPE` runs one more iteration
-under `torch.cuda.set_sync_debug_mode("warn")` and prints where the host waited for the GPU.
+close to the fwd+bwd time the layer is host-bound. `--graph RECIPES` times the same fwd+bwd
+replayed from a CUDA graph, which takes the host out (the device-bound ratio). `--sync-check
+RECIPE` runs one more iteration under `torch.cuda.set_sync_debug_mode("warn")` and prints where
+the host waited for the GPU.
 """
 from __future__ import annotations
 
@@ -57,6 +59,41 @@ def time_layer(layer, x, g, recipe, warmup: int, iters: int) -> tuple[float, flo
     return statistics.median(times), statistics.median(host)
 
 
+def time_graphed(layer, x, g, recipe, iters: int) -> float:
+    """Device ms of one fwd+bwd replayed from a CUDA graph (no host issue in the loop): what the
+    layer costs once the host is out of the way. Captured with `torch.cuda.graph` after warm-up
+    iterations on a side stream (torch's capture rule); the gradients live in the graph's pool."""
+    import transformer_engine.pytorch as te
+
+    def step():
+        with te.autocast(enabled=recipe is not None, recipe=recipe):
+            y = layer(x)
+        y.backward(g)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    layer.zero_grad(set_to_none=True)
+    x.grad = None
+    return start.elapsed_time(end) / iters
+
+
 def sync_check(layer, x, g, recipe) -> None:
     """One fwd+bwd under the sync debug mode: each host<->device synchronisation, with its caller."""
     time_layer(layer, x, g, recipe, 1, 1)
@@ -90,6 +127,7 @@ def main() -> None:
     p.add_argument("--recipes", default="bf16,fp8_current,quartet2,nvfp4-sr")
     p.add_argument("--profile", default="", help="also print the top CUDA kernels of this recipe")
     p.add_argument("--sync-check", default="", help="report host-device synchronisations of this recipe")
+    p.add_argument("--graph", default="", help="also time these recipes' fwd+bwd as CUDA-graph replays (comma-separated)")
     p.add_argument("--cprofile", default="", help="print a cProfile (internal time) of these recipes' fwd+bwd (comma-separated)")
     args = p.parse_args()
 
@@ -115,6 +153,18 @@ def main() -> None:
     for name, ms, host in rows:
         rel = f"{ms / bf16:.2f}x" if bf16 else "-"
         print(f"| {name} | {ms:.2f} | {rel} | {host:.2f} |")
+    graphed = []
+    for name in filter(None, args.graph.split(",")):
+        try:
+            graphed.append((name, time_graphed(layer, x, g, _recipe(name), max(args.iters, 10))))
+        except Exception as exc:  # a recipe that cannot be captured: say so, keep the other rows
+            print(f"graph capture of {name} failed: {type(exc).__name__}: {exc}")
+    if graphed:
+        bf16_graph = dict(graphed).get("bf16")
+        print("\n| recipe | CUDA-graph replay ms | vs BF16 replay |")
+        print("|---|---|---|")
+        for name, ms in graphed:
+            print(f"| {name} | {ms:.2f} | {f'{ms / bf16_graph:.2f}x' if bf16_graph else '-'} |")
     if args.sync_check:
         sync_check(layer, x, g, _recipe(args.sync_check))
     for name in filter(None, args.cprofile.split(",")):
@@ -124,40 +174,18 @@ def main() -> None:
         profile(layer, x, g, _recipe(args.profile))
 
 
-_BUCKETS = (  # (name, test on (filename, function name)) for cProfile's entries, first match wins
-    ("quartet_te C++ (_C)", lambda f, n: f == "~" and "quartet_te._C" in n),
-    ("quartet_te Python", lambda f, n: "/quartet_te/" in f),
-    ("TE C++ (transformer_engine_torch)", lambda f, n: f == "~" and "transformer_engine_torch" in n),
-    ("TE Python", lambda f, n: "transformer_engine" in f),
-    ("autograd engine", lambda f, n: "run_backward" in n),
-    ("torch C++ (other built-ins)", lambda f, n: f == "~"),
-    ("other Python (torch, stdlib)", lambda f, n: True),
-)
-
-
 def host_profile(layer, x, g, recipe, steps: int = 10) -> None:
-    """Where the host time of one fwd+bwd goes: cProfile internal time per step, summed by
-    package (cProfile's own overhead inflates the Python rows), then the top functions."""
+    """Where the host time of one fwd+bwd goes (`quartet_te.bench.host_profile`)."""
     import cProfile
-    import io
-    import pstats
+
+    from quartet_te.bench.host_profile import report
 
     time_layer(layer, x, g, recipe, 1, 1)
     prof = cProfile.Profile()
     prof.enable()
     time_layer(layer, x, g, recipe, 0, steps)
     prof.disable()
-    stats = pstats.Stats(prof)
-    totals = dict.fromkeys((name for name, _ in _BUCKETS), 0.0)
-    for (filename, _, func), (_, _, tottime, _, _) in stats.stats.items():
-        name = next(name for name, test in _BUCKETS if test(filename, func))
-        totals[name] += tottime
-    print(f"\ncProfile, host ms per fwd+bwd by package ({steps} steps, {stats.total_tt / steps * 1e3:.2f} ms in all):")
-    for name, tt in totals.items():
-        print(f"  {name:36s} {tt / steps * 1e3:7.3f}")
-    text = io.StringIO()
-    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(30)
-    print(text.getvalue())
+    print("\n" + report(prof, steps))
 
 
 def profile(layer, x, g, recipe) -> None:
