@@ -703,8 +703,8 @@ def gemm_unchecked(
     a: "NVFP4Tensor | BF16Operand", b: "NVFP4Tensor | BF16Operand", out_dtype: torch.dtype = torch.float32,
     bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """`gemm` without its argument checks, for callers that made the operands themselves (the
-    GEMM path) or checked them already (`quartet_te.ops`); the extension still checks shapes."""
+    """`gemm` without its argument checks, for the GEMM path (`quartet_te.gemms`), which made the
+    operands itself; the extension still checks shapes before the launch."""
     native = device_backend(a.device) == "native"
     if native and isinstance(a, NVFP4Tensor) and isinstance(b, NVFP4Tensor):
         acc = _gemm_native(a, b).float().mul_(a.tensor_scale.float() * b.tensor_scale.float())
