@@ -111,3 +111,39 @@ def test_saved_activations_are_fp4():
     y.sum().backward()
     assert (torch.uint8, m * k // 2) in saved, f"no packed FP4 input among saved tensors {saved}"
     assert (torch.bfloat16, m * k) not in saved, "the BF16 input was saved for the backward"
+
+
+@pytest.mark.parametrize("recipe", [pytest.param(Quartet2Recipe(), id="quartet2"),
+                                    pytest.param(NVFP4Recipe(), id="nvfp4")])  # fmt: skip
+def test_weight_cache_across_microbatches_matches_fresh_quantization(recipe):
+    """Gradient accumulation as Megatron runs it: `is_first_microbatch=True` re-quantizes the
+    weight into TE's cached workspace, `False` reuses it. Every micro-batch must give the bits of
+    a layer that quantizes the weight afresh each time (forward quantization is deterministic),
+    and the cache must follow the weight across steps (the weight changes after each step here)."""
+    import transformer_engine.pytorch as te
+
+    torch.manual_seed(0)
+    kw = dict(bias=False, params_dtype=torch.bfloat16, device="cuda", name="blk.cached")
+    cached, fresh = te.Linear(256, 384, **kw), te.Linear(256, 384, **kw)
+    with torch.no_grad():
+        fresh.weight.copy_(cached.weight)
+    rec_cached, rec_fresh = fresh_recipe(recipe), fresh_recipe(recipe)
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    for step in range(2):
+        for mb in range(3):
+            x = torch.randn(256, 256, device="cuda", dtype=torch.bfloat16, generator=gen)
+            g = torch.randn(256, 384, device="cuda", dtype=torch.bfloat16, generator=gen)
+            outs = []
+            for module, rec, first in ((cached, rec_cached, mb == 0), (fresh, rec_fresh, None)):
+                xi = x.clone().requires_grad_(True)
+                with te.autocast(recipe=rec):
+                    y = module(xi, is_first_microbatch=first)
+                y.backward(g)
+                outs.append((y.detach(), xi.grad))
+            assert torch.equal(outs[0][0], outs[1][0]), f"step {step}, micro-batch {mb}: output differs"
+            assert torch.equal(outs[0][1], outs[1][1]), f"step {step}, micro-batch {mb}: dgrad differs"
+        assert torch.equal(cached.weight.grad, fresh.weight.grad), f"step {step}: accumulated wgrad differs"
+        with torch.no_grad():  # an optimizer step: the next first micro-batch must re-quantize
+            for module in (cached, fresh):
+                module.weight.add_(module.weight.grad, alpha=-0.05)
+                module.weight.grad = None
