@@ -184,7 +184,8 @@ def _requantize(t: NVFP4Tensor, d: BackwardDraw, operand: int, emit: str) -> NVF
     if k is None or d.step_tensor is None or t.shape[0] % ROTATION:
         return ops.requantize(t, emit=emit, **_streams(d, operand))
     col = k.planned_direction("ms_eden", d.sign_stream, d.seed, operand, emit)
-    return k.quantize_planned(t.data, None, col, d.step_tensor, t.block_scales, t.tensor_scale)[1]
+    ts = t.tensor_scale if t.tensor_scale.dtype == torch.float32 else t.tensor_scale.float()
+    return k.quantize_planned(t.data, None, col, d.step_tensor, t.block_scales.contiguous(), ts)[1]
 
 
 def _gemm(a: NVFP4Tensor | BF16Operand, b: NVFP4Tensor | BF16Operand, out_dtype: torch.dtype,
