@@ -154,8 +154,9 @@ def _consts(mode: str, rot: int) -> tuple[float, ...]:
     return (D, M, F.M4, F.SQRT_N[rot] if rot else 1.0)
 
 
-def _prep_signs(signs, x: torch.Tensor, mode: str, qdim: int, what: str):
-    """(signs tensor or None, rotation size, sign-stream offset) for one direction."""
+def _prep_signs(signs, x: Optional[torch.Tensor], mode: str, qdim: Optional[int], what: str):
+    """(signs tensor or None, rotation size, sign-stream offset) for one direction (`qdim` None:
+    a `SignStream`'s fit to the quantized dim is left to the extension's check)."""
     if mode == "ms_eden" and (signs is None or _numel(signs) != 128):
         raise ValueError("ms_eden needs signs: a ±1 tensor (or SignStream) of 128 entries (fresh per backward call)")
     if signs is None:
@@ -164,7 +165,7 @@ def _prep_signs(signs, x: torch.Tensor, mode: str, qdim: int, what: str):
         n = signs.n
         if n not in F.INV_SQRT:
             raise ValueError(f"SignStream.n must be 16 or 128, got {n}")
-        if qdim % n:
+        if qdim is not None and qdim % n:
             raise ValueError(f"{what}: the quantized dim {qdim} is not a multiple of the rotation size {n}")
         return None, n, _signed64(signs.offset)
     if not isinstance(signs, torch.Tensor) or signs.dim() != 1 or signs.numel() not in F.INV_SQRT:
@@ -472,29 +473,34 @@ def quantize_both(
     if rows == 0 or cols == 0:
         raise ValueError(f"empty input of shape {tuple(x.shape)}")
     outs = _eager(_quantize_op, _quantize_eager)(x, None, None, rows, cols, step, *dirs[0], *dirs[1])
-    return _wrap_both(outs, dirs, mode, mode_t)
+    return _wrap_both(outs, dirs)
 
 
 _OFF = (-1, 0, None, 0, 0, 0, None, 0)  # a disabled direction's arguments
 
 
-def _direction(mode, signs, seed, offset, amax, emit, qdim: int, what: str, x: torch.Tensor, generator) -> tuple:
+def _direction(mode, signs, seed, offset, amax, emit, qdim: Optional[int], what: str, x: Optional[torch.Tensor],
+               generator) -> tuple:  # fmt: skip
     """One direction's eight `_quantize_eager` arguments (mode id, rotation, signs, Philox key,
-    offset, sign-stream offset, amax, emit id), validated; `_OFF` if `mode` is None."""
+    offset, sign-stream offset, amax, emit id), validated; `_OFF` if `mode` is None. `qdim` None
+    (with no signs tensor and no amax, so no `x` either): the quantized dim is left to the
+    extension's check."""
     if mode is None:
         return _OFF
     _check_mode(mode)
-    _check_qdim(mode, qdim, what)
+    if qdim is not None:
+        _check_qdim(mode, qdim, what)
     sg, rot, soff = _prep_signs(signs, x, mode, qdim, what)
     key = resolve_seed(mode, seed, generator)
     return (MODE_IDS[mode], rot, sg, _signed64(key), _signed64(offset), soff, _prep_amax(amax, x), _check_emit(emit))
 
 
-def _wrap_both(outs: list, dirs: list, mode: Optional[str], mode_t: Optional[str]) -> tuple:
-    """The (row-wise, column-wise) public objects of one `_quantize_eager` result."""
-    row = None if mode is None else _wrap(outs[0:4], dirs[0][7], mode, dirs[0][1])
-    col = None if mode_t is None else _wrap(outs[4:8], dirs[1][7], mode_t, dirs[1][1])
-    return row, col
+def _wrap_both(outs: list, dirs: list) -> tuple:
+    """The (row-wise, column-wise) public objects of one `_quantize_eager` result (None for a
+    disabled direction)."""
+    return tuple(
+        None if d[0] < 0 else _wrap(outs[4 * i : 4 * i + 4], d[7], _MODE_NAMES[d[0]], d[1]) for i, d in enumerate(dirs)
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -506,14 +512,7 @@ def planned_direction(
     quantizations (`quantize_planned`). The quantized dim is checked per call, by the extension."""
     if signs is not None and not isinstance(signs, SignStream):
         raise ValueError(f"planned_direction takes signs=None or a SignStream, got {type(signs).__name__}")
-    _check_mode(mode)
-    if mode == "ms_eden" and (signs is None or signs.n != 128):
-        raise ValueError("ms_eden needs signs: a SignStream of 128 entries (fresh per backward call)")
-    rot, soff = (0, 0) if signs is None else (signs.n, _signed64(signs.offset))
-    if rot not in (0, *F.INV_SQRT):
-        raise ValueError(f"SignStream.n must be 16 or 128, got {rot}")
-    key = resolve_seed(mode, seed, None)
-    return (MODE_IDS[mode], rot, None, _signed64(key), _signed64(offset), soff, None, _check_emit(emit))
+    return _direction(mode, signs, seed, offset, None, emit, None, "x", None, None)
 
 
 def quantize_planned(
@@ -529,9 +528,9 @@ def quantize_planned(
     if x_scales is not None:
         cols *= 2  # packed FP4: two codes per byte
     x = _contiguous(x)
-    outs = _eager(_quantize_op, _quantize_eager)(x, x_scales, x_ts, rows, cols, step, *(row or _OFF), *(col or _OFF))
-    names = [None if d is None else _MODE_NAMES[d[0]] for d in (row, col)]
-    return _wrap_both(outs, [row or _OFF, col or _OFF], *names)
+    row, col = row or _OFF, col or _OFF
+    outs = _eager(_quantize_op, _quantize_eager)(x, x_scales, x_ts, rows, cols, step, *row, *col)
+    return _wrap_both(outs, [row, col])
 
 
 def quantize_2d(w: torch.Tensor) -> NVFP4Tensor:

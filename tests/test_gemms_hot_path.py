@@ -141,9 +141,10 @@ def test_planned_directions_are_validated_once_and_clearly():
         K.planned_direction("ms_eden", G.BackwardDraw(1, 0).sign_stream, 1.5, 0, "bf16")
 
 
-def test_trusted_constructors_equal_the_checked_ones():
-    data, scales, ts = torch.zeros(4, 8, dtype=torch.uint8), torch.ones(4, 1, dtype=torch.float8_e4m3fn), torch.ones(())
-    values = torch.zeros(4, 16, dtype=torch.bfloat16)
+def test_trusted_constructors_equal_the_checked_ones(gen):
+    data = torch.randint(0, 256, (4, 8), dtype=torch.uint8, generator=gen)
+    scales = torch.rand(4, 1, generator=gen).to(torch.float8_e4m3fn)
+    ts, values = torch.rand((), generator=gen), torch.randn(4, 16, generator=gen).bfloat16()
     op = BF16Operand.trusted(values, ts, "ms_eden", 128)
     assert op == BF16Operand(values, ts, "ms_eden", 128)
     t = NVFP4Tensor.trusted(data, scales, ts, "rtn", 0, op)

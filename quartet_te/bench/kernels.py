@@ -195,22 +195,26 @@ def _te_step(te, layer, x, g, recipe) -> Callable[[], None]:
     return step
 
 
-def _graphed_step(layer: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable[[], None]:
-    """`layer`'s forward+backward captured once in a CUDA graph; each call replays it (fresh
-    randomness per replay: the kernels read the layer's device step counter)."""
-    step = _linear_step(layer, x, g)
+def graph_replay(step: Callable[[], None], warmup: int = 3) -> Callable[[], None]:
+    """`step` (a forward+backward that first drops the gradients, so that the capture allocates
+    them in the graph's pool) captured once in a CUDA graph after `warmup` calls on a side stream
+    (torch's capture rule); returns the replay."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(3):
+        for _ in range(warmup):
             step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    layer.weight.grad = None
-    x.grad = None
     with torch.cuda.graph(graph):
-        layer(x).backward(g)
+        step()
     return graph.replay
+
+
+def _graphed_step(layer: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable[[], None]:
+    """`layer`'s forward+backward captured once in a CUDA graph; each call replays it (fresh
+    randomness per replay: the kernels read the layer's device step counter)."""
+    return graph_replay(_linear_step(layer, x, g))
 
 
 def main(argv: list[str] | None = None) -> None:

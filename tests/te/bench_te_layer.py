@@ -62,31 +62,26 @@ def time_layer(layer, x, g, recipe, warmup: int, iters: int) -> tuple[float, flo
 def time_graphed(layer, x, g, recipe, iters: int) -> float:
     """Device ms of one fwd+bwd replayed from a CUDA graph (no host issue in the loop): what the
     layer costs once the host is out of the way. Captured with `torch.cuda.graph` after warm-up
-    iterations on a side stream (torch's capture rule); the gradients live in the graph's pool."""
+    iterations on a side stream (`quartet_te.bench.kernels.graph_replay`); the gradients live in
+    the graph's pool."""
     import transformer_engine.pytorch as te
 
+    from quartet_te.bench.kernels import graph_replay
+
     def step():
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
         with te.autocast(enabled=recipe is not None, recipe=recipe):
             y = layer(x)
         y.backward(g)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-            layer.zero_grad(set_to_none=True)
-            x.grad = None
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    graph.replay()
+    replay = graph_replay(step)
+    replay()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(iters):
-        graph.replay()
+        replay()
     end.record()
     torch.cuda.synchronize()
     layer.zero_grad(set_to_none=True)
