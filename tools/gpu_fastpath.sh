@@ -9,7 +9,8 @@
 #   layerhost  the same layer, BF16 vs quartet2: host-issue time, host<->device syncs, cProfile
 #   ledger the host time of the layer's (and a small te.Linear's) fwd+bwd inside our code vs the rest
 #   layerbatch  the layer at batch 4 (8192 tokens per step), eager and as CUDA-graph replays
-#   mlm    Megatron-LM's own pretrain_gpt.py (4 layers, hidden 1024, ffn 4096, seq 1024, mbs 8,
+#   mlm    Megatron-LM's own pretrain_gpt.py (4 layers, hidden 1024, ffn 4096, seq 1024, mbs 8, gbs
+#          $MLM_GBS (default 8; 32 = 4 micro-batches of gradient accumulation),
 #          mock data, TE layers): BF16, TE FP8, --fp4-recipe quartet2 through our launcher
 #          (MLM_RUNS adds e.g. bf16_graph / quartet2_graph: --cuda-graph-impl local;
 #          MLM_HOST_PROFILE=START:STOP runs every recipe through our launcher with a cProfile of
@@ -74,7 +75,7 @@ for s in $stages; do
     mlm)
       MLM=${MEGATRON_LM:-$ROOT/.megatron-lm}
       args=(--num-layers 4 --hidden-size 1024 --ffn-hidden-size 4096 --num-attention-heads 16
-            --seq-length 1024 --max-position-embeddings 1024 --micro-batch-size 8 --global-batch-size 8
+            --seq-length 1024 --max-position-embeddings 1024 --micro-batch-size 8 --global-batch-size ${MLM_GBS:-8}
             --train-iters ${MLM_ITERS:-60} --lr 1e-4 --min-lr 1e-5 --lr-decay-style cosine --bf16
             --mock-data --tokenizer-type NullTokenizer --vocab-size 32000 --transformer-impl transformer_engine
             --log-interval 10 --eval-interval 100000 --eval-iters 0 --distributed-backend nccl
