@@ -14,7 +14,12 @@
 #          mock data, TE layers): BF16, TE FP8, --fp4-recipe quartet2 through our launcher
 #          (MLM_RUNS adds e.g. bf16_graph / quartet2_graph: --cuda-graph-impl local;
 #          MLM_HOST_PROFILE=START:STOP runs every recipe through our launcher with a cProfile of
-#          those training steps, summed by package, at the end of each log)
+#          those training steps, summed by package, at the end of each log; MLM_DEVICE_PROFILE=START:STOP
+#          the same with torch.profiler: GPU kernel time per step by category)
+#   gradacc  gradient accumulation against one micro-batch per step, same run: mlm eager BF16 and
+#          quartet2 at gbs 8 and 32 (4 micro-batches), graphed at gbs 32, then eager gbs 32 again
+#          with a cProfile of training steps 20-23 and the GPU kernel time of steps 24-27, and
+#          graphed gbs 8 with the kernel time of steps 20-23; prints ms per micro-batch
 #   host   tests/te/profile_host_overhead.py: host µs per call, cProfile listings in $OUT/host
 #   ncu    Nsight Compute on the quantize kernels of one linear (tools/kernel_probe.py), if installed
 # Usage: bash tools/gpu_fastpath.sh [stages...]   (default: build tests kbench layer mlm)
@@ -83,7 +88,10 @@ for s in $stages; do
       for run in ${MLM_RUNS:-bf16 fp8 quartet2}; do
         extra=(); entry=(pretrain_gpt.py); penv=()
         if [ -n "${MLM_HOST_PROFILE:-}" ]; then
-          entry=(-m quartet_te.integration.megatron.launch pretrain_gpt.py); penv=(QUARTET_TE_HOST_PROFILE=$MLM_HOST_PROFILE)
+          entry=(-m quartet_te.integration.megatron.launch pretrain_gpt.py); penv+=(QUARTET_TE_HOST_PROFILE=$MLM_HOST_PROFILE)
+        fi
+        if [ -n "${MLM_DEVICE_PROFILE:-}" ]; then
+          entry=(-m quartet_te.integration.megatron.launch pretrain_gpt.py); penv+=(QUARTET_TE_DEVICE_PROFILE=$MLM_DEVICE_PROFILE)
         fi
         [ $run = fp8 ] && extra=(--fp8-format hybrid --fp8-recipe tensorwise)
         case $run in quartet2*) extra=(--fp4-format e2m1 --fp4-recipe quartet2)
@@ -93,6 +101,19 @@ for s in $stages; do
           "${entry[@]}" "${args[@]}" "${extra[@]}" >"$OUT/mlm_$run.log" 2>&1)
         echo "$run rc=$?: $(grep -o 'elapsed time per iteration (ms): [0-9.]*' "$OUT/mlm_$run.log" | awk '{print $NF}' | tr '\n' ' ')"
         grep -E "Error|error:" "$OUT/mlm_$run.log" | grep -v -i warn | tail -3
+      done ;;
+    gradacc)
+      # Each case in its own folder; ms/iter at iteration 20 (the mean of iterations 11-20).
+      run_mlm() { local dir=$OUT/gradacc_$1; shift; env "$@" OUT="$dir" bash "$ROOT/tools/gpu_fastpath.sh" mlm; }
+      run_mlm gbs8 MLM_GBS=8 MLM_ITERS=20 MLM_RUNS="bf16 quartet2"
+      run_mlm gbs32 MLM_GBS=32 MLM_ITERS=20 MLM_RUNS="bf16 quartet2 bf16_graph quartet2_graph"
+      run_mlm gbs32_profile MLM_GBS=32 MLM_ITERS=28 MLM_HOST_PROFILE=20:24 MLM_DEVICE_PROFILE=24:28 MLM_RUNS="bf16 quartet2"
+      run_mlm gbs8_graph_profile MLM_GBS=8 MLM_ITERS=24 MLM_DEVICE_PROFILE=20:24 MLM_RUNS="bf16_graph quartet2_graph"
+      for f in "$OUT"/gradacc_*/mlm_*.log; do
+        mb=$(case $f in *gbs32*) echo 4 ;; *) echo 1 ;; esac)
+        ms=$(grep -o 'elapsed time per iteration (ms): [0-9.]*' "$f" | sed -n 2p | awk '{print $NF}')
+        echo "$(basename "$(dirname "$f")")/$(basename "$f" .log): ${ms:-?} ms/iter at 20, $mb micro-batch(es): $(
+          [ -n "$ms" ] && awk -v m="$ms" -v n="$mb" 'BEGIN{printf "%.1f", m / n}') ms per micro-batch"
       done ;;
     host)
       timeout 300 $PY tests/te/profile_host_overhead.py --out "$OUT/host" 2>&1 | grep -v -i warn | tee "$OUT/host.log" ;;

@@ -24,7 +24,10 @@ Host profile: with `QUARTET_TE_HOST_PROFILE=START:STOP` in the environment, trai
 STOP-1 (counted from 0 by calls to Megatron's `train_step`) run under cProfile, and the launcher
 prints their host time per step summed by package (`quartet_te.bench.host_profile`) on every rank
 (rank 0 alone if RANK is set). Eager small-model runs are bound by host issue: this says whose
-code issues the step.
+code issues the step. `QUARTET_TE_DEVICE_PROFILE=START:STOP` does the same for the GPU: those steps
+run under torch.profiler, and the launcher prints their kernel time per step by category
+(`quartet_te.bench.device_profile`: our quantizers, GEMMs, attention, TE's kernels, the optimizer),
+which says what bounds a device-bound (e.g. graphed) run.
 """
 from __future__ import annotations
 
@@ -40,8 +43,10 @@ from .registry import register
 
 __all__ = [
     "check_transformer_engine", "main", "profile_window", "transformer_impl", "wrap_get_model", "wrap_train_step",
+    "wrap_train_step_device",
 ]  # fmt: skip
 PROFILE_ENV = "QUARTET_TE_HOST_PROFILE"
+DEVICE_PROFILE_ENV = "QUARTET_TE_DEVICE_PROFILE"
 
 _USAGE = "usage: python -m quartet_te.integration.megatron.launch <script.py> [script flags...]"
 
@@ -99,14 +104,14 @@ def wrap_get_model() -> bool:
     return True
 
 
-def profile_window(value: str) -> tuple[int, int]:
-    """(start, stop) of a `QUARTET_TE_HOST_PROFILE` value "START:STOP" (0 <= START < STOP)."""
+def profile_window(value: str, env: str = PROFILE_ENV) -> tuple[int, int]:
+    """(start, stop) of a profile window "START:STOP" (0 <= START < STOP) read from `env`."""
     try:
         start, stop = (int(part) for part in value.split(":"))
     except ValueError:
-        raise ValueError(f"{PROFILE_ENV} must be START:STOP (training step numbers), got {value!r}") from None
+        raise ValueError(f"{env} must be START:STOP (training step numbers), got {value!r}") from None
     if not 0 <= start < stop:
-        raise ValueError(f"{PROFILE_ENV}={value!r}: need 0 <= START < STOP")
+        raise ValueError(f"{env}={value!r}: need 0 <= START < STOP")
     return start, stop
 
 
@@ -150,6 +155,53 @@ def wrap_train_step(start: int, stop: int, out: Any = None) -> bool:
     return True
 
 
+def _cuda_profiler() -> Any:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    return profile(activities=[ProfilerActivity.CUDA] if torch.cuda.is_available() else [ProfilerActivity.CPU])
+
+
+def wrap_train_step_device(
+    start: int, stop: int, out: Any = None, profiler_factory: Callable[[], Any] = _cuda_profiler
+) -> bool:
+    """Run Megatron-LM's training steps `start`..`stop-1` under torch.profiler (CUDA activity) and
+    print their GPU kernel time by category (`quartet_te.bench.device_profile`) to `out` (default
+    stdout) after step `stop-1`; False if `megatron.training` is not importable."""
+    try:
+        from megatron.training import training
+    except ImportError:
+        return False
+    original: Callable[..., Any] = training.train_step
+    state: dict[str, Any] = {"calls": 0, "prof": None}
+
+    @functools.wraps(original)
+    def train_step(*args: Any, **kwargs: Any) -> Any:
+        call = state["calls"]
+        state["calls"] = call + 1
+        if call == start:
+            state["prof"] = profiler_factory()
+            state["prof"].start()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            if call == stop - 1 and state["prof"] is not None:
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()  # the window's kernels have finished
+                prof, state["prof"] = state["prof"], None
+                prof.stop()
+                if os.environ.get("RANK", "0") == "0":
+                    from quartet_te.bench.device_profile import kernel_events, summarize
+
+                    print(f"\n[{DEVICE_PROFILE_ENV}] train_step {start}..{stop - 1}:", file=out or sys.stdout)
+                    print(summarize(kernel_events(prof), stop - start), file=out or sys.stdout, flush=True)
+
+    training.train_step = train_step
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     """Register, then run `argv[0]` as `__main__` with `argv[1:]` as its arguments."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -161,11 +213,16 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{_USAGE}\nno such script: {argv[0]}")
     check_transformer_engine(argv[1:])
     window = profile_window(os.environ[PROFILE_ENV]) if os.environ.get(PROFILE_ENV) else None
+    device_window = (
+        profile_window(os.environ[DEVICE_PROFILE_ENV], DEVICE_PROFILE_ENV) if os.environ.get(DEVICE_PROFILE_ENV) else None
+    )
     register()
     sys.path.insert(0, str(script.parent))
     wrap_get_model()
     if window is not None:
         wrap_train_step(*window)
+    if device_window is not None:
+        wrap_train_step_device(*device_window)
     sys.argv = [str(script), *argv[1:]]
     runpy.run_path(str(script), run_name="__main__")
 

@@ -279,3 +279,82 @@ def test_wrap_train_step_profiles_only_the_window(monkeypatch):
     assert text.count("cProfile, host ms") == 1
     # the profiled function ran twice (steps 2 and 3), not five times
     assert re.search(r"\n\s+2\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+ \S*test_megatron_registry.py:\d+\(train_step\)", text)
+
+
+def test_wrap_train_step_device_profiles_only_the_window(monkeypatch):
+    """Steps 1..2 of four run under the (here: fake) profiler, started before step 1 and stopped
+    after step 2; the report sums the kernels it recorded per step, by category."""
+    import io
+    import types
+
+    import torch
+
+    from quartet_te.integration.megatron import launch
+
+    log = []
+
+    class Range:
+        def elapsed_us(self):
+            return 500.0
+
+    class Event:
+        device_type = torch.autograd.DeviceType.CUDA
+        time_range = Range()
+
+        def __init__(self, name):
+            self.name = name
+
+    class FakeProfiler:
+        def start(self):
+            log.append("start")
+
+        def stop(self):
+            log.append("stop")
+
+        def events(self):
+            return [Event("void quartet::(anonymous namespace)::row_kernel<1>"), Event("nvjet_sm90_gemm")] * 2
+
+    def train_step(i):
+        log.append(i)
+        return -i
+
+    training = types.ModuleType("megatron.training.training")
+    training.train_step = train_step
+    package = types.ModuleType("megatron.training")
+    package.training = training
+    monkeypatch.setitem(sys.modules, "megatron.training", package)
+    monkeypatch.setitem(sys.modules, "megatron.training.training", training)
+    monkeypatch.delenv("RANK", raising=False)
+    out = io.StringIO()
+    assert launch.wrap_train_step_device(1, 3, out=out, profiler_factory=FakeProfiler)
+    assert [training.train_step(i) for i in range(4)] == [0, -1, -2, -3]
+    assert log == [0, "start", 1, 2, "stop", 3]
+    text = out.getvalue()
+    assert "[QUARTET_TE_DEVICE_PROFILE] train_step 1..2:" in text
+    assert "(2 steps, 1.00 ms per step in all)" in text  # 4 kernels x 500 µs over 2 steps
+    assert re.search(r"quartet_te quantize / amax\s+0\.500", text) and re.search(r"GEMM \(cuBLAS, CUTLASS\)\s+0\.500", text)
+    with pytest.raises(ValueError, match="QUARTET_TE_DEVICE_PROFILE"):
+        launch.profile_window("3:1", launch.DEVICE_PROFILE_ENV)
+
+
+def test_wrap_train_step_device_runs_the_real_profiler(monkeypatch):
+    """The default factory (torch.profiler; CPU activity without CUDA) starts, stops and reports."""
+    import io
+    import types
+
+    import torch
+
+    from quartet_te.integration.megatron import launch
+
+    training = types.ModuleType("megatron.training.training")
+    training.train_step = lambda: torch.ones(64, 64).sum()
+    package = types.ModuleType("megatron.training")
+    package.training = training
+    monkeypatch.setitem(sys.modules, "megatron.training", package)
+    monkeypatch.setitem(sys.modules, "megatron.training.training", training)
+    monkeypatch.delenv("RANK", raising=False)
+    out = io.StringIO()
+    assert launch.wrap_train_step_device(0, 2, out=out)
+    for _ in range(3):
+        training.train_step()
+    assert "GPU kernel time, ms per step by category (2 steps" in out.getvalue()
