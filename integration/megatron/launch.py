@@ -115,44 +115,56 @@ def profile_window(value: str, env: str = PROFILE_ENV) -> tuple[int, int]:
     return start, stop
 
 
+def _patch_train_step(make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> bool:
+    """Replace Megatron-LM's `train_step` by `make(original)`; False if `megatron.training` is not
+    importable (then nothing is patched)."""
+    try:
+        from megatron.training import training
+    except ImportError:
+        return False
+    original = training.train_step
+    training.train_step = functools.wraps(original)(make(original))
+    return True
+
+
+def _report_here() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
 def wrap_train_step(start: int, stop: int, out: Any = None) -> bool:
     """Run Megatron-LM's training steps `start`..`stop-1` under cProfile and print their host time
     by package to `out` (default stdout) after step `stop-1`; False if `megatron.training` is not
     importable."""
     import cProfile
 
-    try:
-        from megatron.training import training
-    except ImportError:
-        return False
-    original: Callable[..., Any] = training.train_step
     prof = cProfile.Profile()
     state = {"calls": 0, "host_s": 0.0}
 
-    @functools.wraps(original)
-    def train_step(*args: Any, **kwargs: Any) -> Any:
-        call = state["calls"]
-        state["calls"] = call + 1
-        if not start <= call < stop:
-            return original(*args, **kwargs)
-        t0 = time.perf_counter()
-        prof.enable()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            prof.disable()
-            state["host_s"] += time.perf_counter() - t0
-            if call == stop - 1 and os.environ.get("RANK", "0") == "0":
-                from quartet_te.bench.host_profile import report
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def train_step(*args: Any, **kwargs: Any) -> Any:
+            call = state["calls"]
+            state["calls"] = call + 1
+            if not start <= call < stop:
+                return original(*args, **kwargs)
+            t0 = time.perf_counter()
+            prof.enable()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                prof.disable()
+                state["host_s"] += time.perf_counter() - t0
+                if call == stop - 1 and _report_here():
+                    from quartet_te.bench.host_profile import report
 
-                steps = stop - start
-                per_step = state["host_s"] / steps * 1e3
-                print(f"\n[{PROFILE_ENV}] train_step {start}..{stop - 1}: {per_step:.2f} ms of host time per step "
-                      "under the profiler", file=out or sys.stdout)  # fmt: skip
-                print(report(prof, steps, what="training step"), file=out or sys.stdout, flush=True)
+                    steps = stop - start
+                    per_step = state["host_s"] / steps * 1e3
+                    print(f"\n[{PROFILE_ENV}] train_step {start}..{stop - 1}: {per_step:.2f} ms of host time per step "
+                          "under the profiler", file=out or sys.stdout)  # fmt: skip
+                    print(report(prof, steps, what="training step"), file=out or sys.stdout, flush=True)
 
-    training.train_step = train_step
-    return True
+        return train_step
+
+    return _patch_train_step(make)
 
 
 def _cuda_profiler() -> Any:
@@ -168,38 +180,34 @@ def wrap_train_step_device(
     """Run Megatron-LM's training steps `start`..`stop-1` under torch.profiler (CUDA activity) and
     print their GPU kernel time by category (`quartet_te.bench.device_profile`) to `out` (default
     stdout) after step `stop-1`; False if `megatron.training` is not importable."""
-    try:
-        from megatron.training import training
-    except ImportError:
-        return False
-    original: Callable[..., Any] = training.train_step
     state: dict[str, Any] = {"calls": 0, "prof": None}
 
-    @functools.wraps(original)
-    def train_step(*args: Any, **kwargs: Any) -> Any:
-        call = state["calls"]
-        state["calls"] = call + 1
-        if call == start:
-            state["prof"] = profiler_factory()
-            state["prof"].start()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            if call == stop - 1 and state["prof"] is not None:
-                import torch
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def train_step(*args: Any, **kwargs: Any) -> Any:
+            call = state["calls"]
+            state["calls"] = call + 1
+            if call == start:
+                state["prof"] = profiler_factory()
+                state["prof"].start()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                if call == stop - 1 and state["prof"] is not None:
+                    import torch
 
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()  # the window's kernels have finished
-                prof, state["prof"] = state["prof"], None
-                prof.stop()
-                if os.environ.get("RANK", "0") == "0":
-                    from quartet_te.bench.device_profile import kernel_events, summarize
+                    if torch.cuda.is_available():
+                        torch.cuda.synchronize()  # the window's kernels have finished
+                    prof, state["prof"] = state["prof"], None
+                    prof.stop()
+                    if _report_here():
+                        from quartet_te.bench.device_profile import kernel_events, summarize
 
-                    print(f"\n[{DEVICE_PROFILE_ENV}] train_step {start}..{stop - 1}:", file=out or sys.stdout)
-                    print(summarize(kernel_events(prof), stop - start), file=out or sys.stdout, flush=True)
+                        print(f"\n[{DEVICE_PROFILE_ENV}] train_step {start}..{stop - 1}:", file=out or sys.stdout)
+                        print(summarize(kernel_events(prof), stop - start), file=out or sys.stdout, flush=True)
 
-    training.train_step = train_step
-    return True
+        return train_step
+
+    return _patch_train_step(make)
 
 
 def main(argv: list[str] | None = None) -> None:
