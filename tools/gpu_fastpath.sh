@@ -9,6 +9,8 @@
 #   layerhost  the same layer, BF16 vs quartet2: host-issue time, host<->device syncs, cProfile
 #   ledger the host time of the layer's (and a small te.Linear's) fwd+bwd inside our code vs the rest
 #   layerbatch  the layer at batch 4 (8192 tokens per step), eager and as CUDA-graph replays
+#   layerfuse   the layer with Megatron-Core's default gradient-accumulation fusion (FP32 main_grad
+#          accumulated by each weight-gradient GEMM), BF16 and quartet2, eager and graphed
 #   mlm    Megatron-LM's own pretrain_gpt.py (4 layers, hidden 1024, ffn 4096, seq 1024, mbs 8, gbs
 #          $MLM_GBS (default 8; 32 = 4 micro-batches of gradient accumulation),
 #          mock data, TE layers): BF16, TE FP8, --fp4-recipe quartet2 through our launcher
@@ -73,6 +75,9 @@ for s in $stages; do
       timeout 300 $PY tests/te/bench_te_layer.py --hidden 4096 --ffn 16384 --heads 32 --seq 2048 --batch 4 --iters 10 \
         --recipes bf16,fp8_current,quartet2 --graph bf16,quartet2,fp8_current 2>&1 | grep -v -i warn \
         | tee "$OUT/layer_batch4.log" | tail -16 ;;
+    layerfuse)
+      timeout 300 $PY tests/te/bench_te_layer.py --hidden 4096 --ffn 16384 --heads 32 --seq 2048 --iters 10 --fuse-wgrad \
+        --recipes bf16,quartet2 --graph bf16,quartet2 2>&1 | grep -v -i warn | tee "$OUT/layer_fuse.log" | tail -12 ;;
     layerhost)
       timeout 300 $PY tests/te/bench_te_layer.py --hidden 4096 --ffn 16384 --heads 32 --seq 2048 --iters 10 \
         --recipes bf16,quartet2 --sync-check quartet2 --cprofile bf16,quartet2 2>&1 | grep -v -i warn \

@@ -10,7 +10,9 @@ before the forward to the return of the backward, no synchronisation inside): wh
 close to the fwd+bwd time the layer is host-bound. `--graph RECIPES` times the same fwd+bwd
 replayed from a CUDA graph, which takes the host out (the device-bound ratio). `--sync-check
 RECIPE` runs one more iteration under `torch.cuda.set_sync_debug_mode("warn")` and prints where
-the host waited for the GPU.
+the host waited for the GPU. `--fuse-wgrad` builds the layer as Megatron-Core does by default
+(gradient-accumulation fusion: `fuse_wgrad_accumulation=True`, every weight with an FP32
+`main_grad` that its weight-gradient GEMM accumulates into).
 """
 from __future__ import annotations
 
@@ -124,19 +126,26 @@ def main() -> None:
     p.add_argument("--sync-check", default="", help="report host-device synchronisations of this recipe")
     p.add_argument("--graph", default="", help="also time these recipes' fwd+bwd as CUDA-graph replays (comma-separated)")
     p.add_argument("--cprofile", default="", help="print a cProfile (internal time) of these recipes' fwd+bwd (comma-separated)")
+    p.add_argument("--fuse-wgrad", action="store_true",
+                   help="fuse_wgrad_accumulation=True with FP32 main_grad buffers (Megatron-Core's default)")
     args = p.parse_args()
 
     torch.manual_seed(0)
     layer = te.TransformerLayer(
         args.hidden, args.ffn, args.heads, hidden_dropout=0.0, attention_dropout=0.0,
         self_attn_mask_type="causal", params_dtype=torch.bfloat16, device="cuda", name="bench",
+        fuse_wgrad_accumulation=args.fuse_wgrad,
     )
+    if args.fuse_wgrad:  # what Megatron's DDP attaches: one FP32 accumulation buffer per parameter
+        for param in layer.parameters():
+            param.main_grad = torch.zeros(param.shape, dtype=torch.float32, device="cuda")
     x = torch.randn(args.seq, args.batch, args.hidden, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     g = torch.randn_like(x)
     ok, reason = kernels.is_available(return_reason=True)
     backend = "CUDA kernels" if ok else f"reference ({reason})"
     print(f"device: {torch.cuda.get_device_name()}; TE {transformer_engine.__version__}; ops backend: {backend}")
     shape = f"hidden={args.hidden} ffn={args.ffn} heads={args.heads} seq={args.seq} batch={args.batch}"
+    shape += " fuse_wgrad_accumulation (FP32 main_grad)" if args.fuse_wgrad else ""
     print(f"te.TransformerLayer {shape}\n")
     rows = []
     for name in args.recipes.split(","):
