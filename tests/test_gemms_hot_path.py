@@ -149,3 +149,37 @@ def test_trusted_constructors_equal_the_checked_ones(gen):
     assert op == BF16Operand(values, ts, "ms_eden", 128)
     t = NVFP4Tensor.trusted(data, scales, ts, "rtn", 0, op)
     assert t == NVFP4Tensor(data, scales, ts, mode="rtn", rotation=0) and t.shape == (4, 16) and t.operand is op
+
+
+def test_a_linear_step_makes_five_quantizations_and_three_gemms(ext, monkeypatch):
+    """The fast path's shape on Hopper, pinned on the CPU: one Quartet II linear fwd+bwd makes five
+    extension quantize calls (x and W along K, each writing FP4 + the BF16 operand; e in both
+    directions from one read, BF16 operands only; Ŵᵀ and x̂ᵀ re-quantized from the saved FP4) and
+    three GEMMs, never a separate dequantize pass (the stand-in has none: one would raise)."""
+    from quartet_te.linear import QuartetLinear
+    from quartet_te.rotation import BackwardDraw
+
+    monkeypatch.setattr(ops, "emulated_gemm", lambda device: True)
+
+    def next_backward(self, device):  # the CUDA branch: a device step counter (here on the CPU)
+        if self._counter is None:
+            self._counter = torch.full((1,), self.step, dtype=torch.int64)
+        snapshot = self._counter.clone()
+        self._counter.add_(1)
+        self.step += 1
+        return BackwardDraw(seed=self.seed, step=self.step - 1, step_tensor=snapshot)
+
+    monkeypatch.setattr(RotationState, "next_backward", next_backward)
+    layer = QuartetLinear(256, 384, bias=False, recipe="quartet2")
+    x = torch.randn(256, 256, requires_grad=True)
+    ext.calls.clear()
+    layer(x).backward(torch.randn(256, 384))
+    kinds = [c[0] for c in ext.calls]
+    assert kinds == ["quantize", "quantize", "gemm", "quantize", "quantize", "gemm", "quantize", "gemm"]
+    quantize = [c[1] for c in ext.calls if c[0] == "quantize"]
+    # (row mode, row emit, col mode, col emit) of each call; emit 3 = FP4 + BF16, 2 = BF16 only
+    dirs = [(q[5], q[15], q[16], q[26]) for q in quantize]
+    fwd, eden = K.MODE_IDS["four_over_six"], K.MODE_IDS["ms_eden"]
+    assert dirs == [(fwd, 3, -1, 0), (fwd, 3, -1, 0), (eden, 2, eden, 2), (-1, 0, eden, 2), (-1, 0, eden, 2)]
+    step = ("tensor", (1,), torch.int64)  # the backward's randomness from the device step counter
+    assert quantize[2][12] == step and all(q[23] == step for q in quantize[2:])
