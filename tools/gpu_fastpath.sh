@@ -92,12 +92,9 @@ for s in $stages; do
             --no-gradient-accumulation-fusion --use-mcore-models)
       for run in ${MLM_RUNS:-bf16 fp8 quartet2}; do
         extra=(); entry=(pretrain_gpt.py); penv=()
-        if [ -n "${MLM_HOST_PROFILE:-}" ]; then
-          entry=(-m quartet_te.integration.megatron.launch pretrain_gpt.py); penv+=(QUARTET_TE_HOST_PROFILE=$MLM_HOST_PROFILE)
-        fi
-        if [ -n "${MLM_DEVICE_PROFILE:-}" ]; then
-          entry=(-m quartet_te.integration.megatron.launch pretrain_gpt.py); penv+=(QUARTET_TE_DEVICE_PROFILE=$MLM_DEVICE_PROFILE)
-        fi
+        [ -n "${MLM_HOST_PROFILE:-}" ] && penv+=(QUARTET_TE_HOST_PROFILE=$MLM_HOST_PROFILE)
+        [ -n "${MLM_DEVICE_PROFILE:-}" ] && penv+=(QUARTET_TE_DEVICE_PROFILE=$MLM_DEVICE_PROFILE)
+        [ ${#penv[@]} -gt 0 ] && entry=(-m quartet_te.integration.megatron.launch pretrain_gpt.py)  # the windows are ours
         [ $run = fp8 ] && extra=(--fp8-format hybrid --fp8-recipe tensorwise)
         case $run in quartet2*) extra=(--fp4-format e2m1 --fp4-recipe quartet2)
           entry=(-m quartet_te.integration.megatron.launch pretrain_gpt.py) ;; esac

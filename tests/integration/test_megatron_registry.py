@@ -119,20 +119,29 @@ def test_launcher_registers_then_runs_the_script(tmp_path, monkeypatch):
     assert out.read_text() == "True 42 ['--transformer-impl', 'local', '--fp4-recipe', 'quartet2']"
 
 
-def test_launcher_names_the_layers_of_megatron_lm_models(monkeypatch):
-    """`wrap_get_model` makes Megatron-LM's get_model name every layer of the chunks it returns."""
+def _fake_megatron_training(monkeypatch, **attrs):
+    """A stand-in `megatron.training.training` module holding `attrs` (what the launcher wraps),
+    seen from rank 0."""
     import types
 
-    from quartet_te.integration.megatron import launch, layers
-
-    named = []
-    monkeypatch.setattr(layers, "name_layers", lambda chunk: named.append(chunk) or 0)
     training = types.ModuleType("megatron.training.training")
-    training.get_model = lambda *a, **k: ["chunk0", "chunk1"]
+    for name, value in attrs.items():
+        setattr(training, name, value)
     package = types.ModuleType("megatron.training")
     package.training = training
     monkeypatch.setitem(sys.modules, "megatron.training", package)
     monkeypatch.setitem(sys.modules, "megatron.training.training", training)
+    monkeypatch.delenv("RANK", raising=False)
+    return training
+
+
+def test_launcher_names_the_layers_of_megatron_lm_models(monkeypatch):
+    """`wrap_get_model` makes Megatron-LM's get_model name every layer of the chunks it returns."""
+    from quartet_te.integration.megatron import launch, layers
+
+    named = []
+    monkeypatch.setattr(layers, "name_layers", lambda chunk: named.append(chunk) or 0)
+    training = _fake_megatron_training(monkeypatch, get_model=lambda *a, **k: ["chunk0", "chunk1"])
     assert launch.wrap_get_model()
     assert launch.wrap_get_model()  # idempotent
     assert training.get_model("provider") == ["chunk0", "chunk1"]
@@ -249,7 +258,6 @@ def test_wrap_train_step_profiles_only_the_window(monkeypatch):
     """Steps 2..3 of five run under cProfile; the report (printed after step 3) counts exactly the
     work of those two steps, summed by package, and every step still returns its own result."""
     import io
-    import types
 
     from quartet_te.integration.megatron import launch
 
@@ -260,13 +268,7 @@ def test_wrap_train_step_profiles_only_the_window(monkeypatch):
         sum(range(20000))  # some host work inside the profiled function
         return i * 10
 
-    training = types.ModuleType("megatron.training.training")
-    training.train_step = train_step
-    package = types.ModuleType("megatron.training")
-    package.training = training
-    monkeypatch.setitem(sys.modules, "megatron.training", package)
-    monkeypatch.setitem(sys.modules, "megatron.training.training", training)
-    monkeypatch.delenv("RANK", raising=False)
+    training = _fake_megatron_training(monkeypatch, train_step=train_step)
     out = io.StringIO()
     assert launch.wrap_train_step(2, 4, out=out)
     assert [training.train_step(i) for i in range(3)] == [0, 10, 20]
@@ -285,7 +287,6 @@ def test_wrap_train_step_device_profiles_only_the_window(monkeypatch):
     """Steps 1..2 of four run under the (here: fake) profiler, started before step 1 and stopped
     after step 2; the report sums the kernels it recorded per step, by category."""
     import io
-    import types
 
     import torch
 
@@ -318,13 +319,7 @@ def test_wrap_train_step_device_profiles_only_the_window(monkeypatch):
         log.append(i)
         return -i
 
-    training = types.ModuleType("megatron.training.training")
-    training.train_step = train_step
-    package = types.ModuleType("megatron.training")
-    package.training = training
-    monkeypatch.setitem(sys.modules, "megatron.training", package)
-    monkeypatch.setitem(sys.modules, "megatron.training.training", training)
-    monkeypatch.delenv("RANK", raising=False)
+    training = _fake_megatron_training(monkeypatch, train_step=train_step)
     out = io.StringIO()
     assert launch.wrap_train_step_device(1, 3, out=out, profiler_factory=FakeProfiler)
     assert [training.train_step(i) for i in range(4)] == [0, -1, -2, -3]
@@ -340,19 +335,12 @@ def test_wrap_train_step_device_profiles_only_the_window(monkeypatch):
 def test_wrap_train_step_device_runs_the_real_profiler(monkeypatch):
     """The default factory (torch.profiler; CPU activity without CUDA) starts, stops and reports."""
     import io
-    import types
 
     import torch
 
     from quartet_te.integration.megatron import launch
 
-    training = types.ModuleType("megatron.training.training")
-    training.train_step = lambda: torch.ones(64, 64).sum()
-    package = types.ModuleType("megatron.training")
-    package.training = training
-    monkeypatch.setitem(sys.modules, "megatron.training", package)
-    monkeypatch.setitem(sys.modules, "megatron.training.training", training)
-    monkeypatch.delenv("RANK", raising=False)
+    training = _fake_megatron_training(monkeypatch, train_step=lambda: torch.ones(64, 64).sum())
     out = io.StringIO()
     assert launch.wrap_train_step_device(0, 2, out=out)
     for _ in range(3):
